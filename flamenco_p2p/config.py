@@ -1,0 +1,315 @@
+"""Node configuration: a TOML file in the data directory, with defaults for all keys."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import tomllib
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from flamenco_p2p.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "flamenco-p2p.toml"
+NODE_ID_NAME = "node-id"
+DEFAULT_MANAGER_PORT = 7777
+DEFAULT_SERVER_PORT = 9999
+DEFAULT_NODE_PORT = 7776
+KNOWN_GPU_TYPES = ("CUDA", "OPTIX", "HIP", "METAL", "ONEAPI")
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Membership and election timing, in seconds."""
+
+    heartbeat_interval: float = 0.5
+    suspect_after: float = 2.0
+    dead_after: float = 5.0
+    settle_time: float = 1.5
+    worker_silent_after: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RenderSettings:
+    """How this node's worker renders."""
+
+    backend: str = "bpy"
+    python: str | None = None
+    blender_path: str | None = None
+    allow_scripts: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilityOverride:
+    """Capabilities set by hand instead of probed (for tests and odd hardware)."""
+
+    cpu_cores: int | None = None
+    gpu_types: tuple[str, ...] | None = None
+    blender_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything a node needs to run; see docs/configuration.md for each key."""
+
+    data_dir: Path
+    farm: str = "default"
+    site: str = "default"
+    bind_address: str = "127.0.0.1"
+    mdns: bool = True
+    mdns_interfaces: tuple[str, ...] = ()
+    seeds: tuple[str, ...] = ()
+    node_port: int = DEFAULT_NODE_PORT
+    manager_port: int = DEFAULT_MANAGER_PORT
+    server_port: int = DEFAULT_SERVER_PORT
+    can_manage: bool = True
+    can_serve: bool = True
+    priority: int = 50
+    worker_slots: int = 1
+    render: RenderSettings = field(default_factory=RenderSettings)
+    capabilities: CapabilityOverride = field(default_factory=CapabilityOverride)
+    timing: Timing = field(default_factory=Timing)
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file that holds the farm state while this node is the server."""
+        return self.data_dir / "farm.sqlite"
+
+    @property
+    def blob_dir(self) -> Path:
+        """The content-addressed store of job files."""
+        return self.data_dir / "blobs"
+
+
+def default_data_dir() -> Path:
+    """Return the per-user data directory that platformdirs picks on this OS."""
+    return Path(platformdirs.user_data_dir("flamenco-p2p", appauthor=False))
+
+
+def load_config(data_dir: Path | None, config_file: Path | None = None) -> NodeConfig:
+    """Read the TOML config of a data directory; a missing file means all defaults."""
+    data_dir = (data_dir or default_data_dir()).expanduser().resolve()
+    path = config_file or data_dir / CONFIG_NAME
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    elif config_file is not None:
+        raise ConfigError(f"config file {path} not found; create it or drop --config")
+    return config_from_dict(raw, data_dir, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], data_dir: Path, source: str) -> NodeConfig:
+    """Build a validated NodeConfig from parsed TOML."""
+    reader = _Reader(raw, source)
+    ports = reader.table("ports")
+    roles = reader.table("roles")
+    worker = reader.table("worker")
+    render = reader.table("render")
+    caps = reader.table("capabilities")
+    timing = reader.table("timing")
+    config = NodeConfig(
+        data_dir=data_dir,
+        farm=reader.text(raw, "farm", "default"),
+        site=reader.text(raw, "site", "default"),
+        bind_address=_ipv4(reader.text(raw, "bind_address", "127.0.0.1"), source),
+        mdns=reader.boolean(raw, "mdns", True),
+        mdns_interfaces=tuple(reader.texts(raw, "mdns_interfaces")),
+        seeds=tuple(reader.texts(raw, "seeds")),
+        node_port=reader.port(ports, "node", DEFAULT_NODE_PORT),
+        manager_port=reader.port(ports, "manager", DEFAULT_MANAGER_PORT),
+        server_port=reader.port(ports, "server", DEFAULT_SERVER_PORT),
+        can_manage=reader.boolean(roles, "manager", True),
+        can_serve=reader.boolean(roles, "server", True),
+        priority=reader.integer(roles, "priority", 50, 0, 1000),
+        worker_slots=reader.integer(worker, "slots", 1, 0, 64),
+        render=RenderSettings(
+            backend=reader.choice(render, "backend", "bpy", ("bpy", "blender")),
+            python=reader.optional_text(render, "python"),
+            blender_path=reader.optional_text(render, "blender_path"),
+            allow_scripts=reader.boolean(render, "allow_scripts", False),
+        ),
+        capabilities=_capabilities(reader, caps),
+        timing=_timing(reader, timing),
+    )
+    _check_ports(config, source)
+    return config
+
+
+def _capabilities(reader: _Reader, caps: dict[str, Any]) -> CapabilityOverride:
+    gpu_types: tuple[str, ...] | None = None
+    if "gpu_types" in caps:
+        gpu_types = tuple(t.upper() for t in reader.texts(caps, "gpu_types"))
+        unknown = sorted(set(gpu_types) - set(KNOWN_GPU_TYPES))
+        if unknown:
+            raise ConfigError(
+                f"{reader.source}: capabilities.gpu_types has unknown types {unknown};"
+                f" use any of {', '.join(KNOWN_GPU_TYPES)}"
+            )
+    cores = (
+        reader.integer(caps, "cpu_cores", 0, 0, 4096) if "cpu_cores" in caps else None
+    )
+    return CapabilityOverride(
+        cpu_cores=cores,
+        gpu_types=gpu_types,
+        blender_version=reader.optional_text(caps, "blender_version"),
+    )
+
+
+def _timing(reader: _Reader, table: dict[str, Any]) -> Timing:
+    base = Timing()
+    values = {
+        name: reader.number(table, name, getattr(base, name), 0.01, 3600.0)
+        for name in Timing.__dataclass_fields__
+    }
+    timing = Timing(**values)
+    if not timing.heartbeat_interval < timing.suspect_after < timing.dead_after:
+        raise ConfigError(
+            f"{reader.source}: timing needs heartbeat_interval < suspect_after <"
+            f" dead_after, got {timing.heartbeat_interval}, {timing.suspect_after},"
+            f" {timing.dead_after}"
+        )
+    return timing
+
+
+def _check_ports(config: NodeConfig, source: str) -> None:
+    ports = {config.node_port, config.manager_port, config.server_port}
+    if len(ports) != 3:
+        raise ConfigError(
+            f"{source}: ports.node, ports.manager and ports.server must differ, got"
+            f" {config.node_port}, {config.manager_port}, {config.server_port}"
+        )
+
+
+def _ipv4(text: str, source: str) -> str:
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{source}: bind_address {text!r} is not an IPv4 address; use one of this"
+            " machine's addresses, such as 192.168.1.20, or 127.0.0.1 for one machine"
+        ) from exc
+    if address.is_unspecified or address.is_multicast:
+        raise ConfigError(
+            f"{source}: bind_address {text!r} must be one interface's address, not a"
+            " wildcard or multicast address"
+        )
+    return text
+
+
+class _Reader:
+    """Typed access to TOML values with errors that name the key and the file."""
+
+    def __init__(self, raw: dict[str, Any], source: str) -> None:
+        self.raw = raw
+        self.source = source
+
+    def table(self, name: str) -> dict[str, Any]:
+        value = self.raw.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.source}: [{name}] must be a table")
+        return value
+
+    def _fail(self, key: str, value: object, expected: str) -> ConfigError:
+        return ConfigError(
+            f"{self.source}: {key} = {value!r} is invalid; expected {expected}"
+        )
+
+    def text(self, table: dict[str, Any], key: str, default: str) -> str:
+        value = table.get(key, default)
+        if not isinstance(value, str) or not value or len(value) > 200:
+            raise self._fail(key, value, "a non-empty string of at most 200 characters")
+        return value
+
+    def optional_text(self, table: dict[str, Any], key: str) -> str | None:
+        if key not in table:
+            return None
+        return self.text(table, key, "")
+
+    def texts(self, table: dict[str, Any], key: str) -> list[str]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._fail(key, value, "a list of strings")
+        return list(value)
+
+    def boolean(self, table: dict[str, Any], key: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self._fail(key, value, "true or false")
+        return value
+
+    def integer(
+        self, table: dict[str, Any], key: str, default: int, low: int, high: int
+    ) -> int:
+        value = table.get(key, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not low <= value <= high
+        ):
+            raise self._fail(key, value, f"an integer from {low} to {high}")
+        return value
+
+    def number(
+        self, table: dict[str, Any], key: str, default: float, low: float, high: float
+    ) -> float:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._fail(key, value, "a number of seconds")
+        if not low <= float(value) <= high:
+            raise self._fail(key, value, f"a number from {low} to {high}")
+        return float(value)
+
+    def port(self, table: dict[str, Any], key: str, default: int) -> int:
+        return self.integer(table, key, default, 1, 65535)
+
+    def choice(
+        self, table: dict[str, Any], key: str, default: str, options: tuple[str, ...]
+    ) -> str:
+        value = table.get(key, default)
+        if value not in options:
+            raise self._fail(key, value, f"one of {', '.join(options)}")
+        return str(value)
+
+
+def load_node_id(data_dir: Path) -> str:
+    """Return the node id stored in the data directory, creating it on first run."""
+    path = data_dir / NODE_ID_NAME
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read node id file {path}: {exc}") from exc
+    if _is_node_id(text):
+        return text
+    if text:
+        raise ConfigError(
+            f"node id file {path} holds {text[:40]!r}, not 32 hex digits; delete it to"
+            " get a new id"
+        )
+    node_id = uuid.uuid4().hex
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(node_id + "\n", encoding="ascii")
+    os.replace(tmp, path)
+    logger.info("created node id %s in %s", node_id, path)
+    return node_id
+
+
+def _is_node_id(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
+def with_overrides(config: NodeConfig, **changes: Any) -> NodeConfig:
+    """Return a copy of the config with some fields replaced (command-line options)."""
+    return replace(config, **changes)

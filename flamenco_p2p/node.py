@@ -1,0 +1,580 @@
+"""The daemon: one node of the farm, with discovery, membership, election and roles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from flamenco_p2p import __version__
+from flamenco_p2p.blobs import BlobStore
+from flamenco_p2p.config import NodeConfig, load_node_id
+from flamenco_p2p.election import (
+    SERVER_ROLE,
+    Action,
+    BecomeHolder,
+    Election,
+    HolderChanged,
+    RequestVotes,
+    StepDown,
+    manager_role,
+)
+from flamenco_p2p.errors import FarmUnavailable, ProtocolError
+from flamenco_p2p.membership import Membership, NodeInfo, Rank
+from flamenco_p2p.node_client import ClientService
+from flamenco_p2p.protocol.messages import Message
+from flamenco_p2p.render.controller import RenderBackend
+from flamenco_p2p.roles.manager import ManagerRole
+from flamenco_p2p.roles.server import ServerRole
+from flamenco_p2p.roles.worker import WorkerAgent
+from flamenco_p2p.store.farmstore import FarmStore
+from flamenco_p2p.transport import DealerLink, RemoteError, Reply, RouterEndpoint
+
+logger = logging.getLogger(__name__)
+
+VOTE_TIMEOUT = 1.0
+CONTACT_FORGET_AFTER = 600.0
+
+
+@dataclass(slots=True)
+class Contact:
+    """An address to send heartbeats to, from mDNS, a seed, or gossip."""
+
+    endpoint: str
+    source: str
+    node_id: str | None = None
+    last_heard: float = 0.0
+
+
+class Node:
+    """One running daemon. Create, ``await start()``, then ``await stop()``."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        capabilities: dict[str, Any],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.node_id = load_node_id(config.data_dir)
+        self.capabilities = capabilities
+        self.ctx = zmq.asyncio.Context()
+        self.blobs = BlobStore(config.blob_dir)
+        self.me = NodeInfo(
+            node_id=self.node_id,
+            site=config.site,
+            address=config.bind_address,
+            node_port=config.node_port,
+            manager_port=config.manager_port,
+            server_port=config.server_port,
+            can_manage=config.can_manage,
+            can_serve=config.can_serve,
+            rank=Rank(config.priority, 0, self.node_id),
+            worker_slots=config.worker_slots,
+            capabilities=capabilities,
+            started=time.time(),
+        )
+        self.membership = Membership(self.me, config.timing)
+        self.election = Election(self.membership, config.timing)
+        self.endpoint = RouterEndpoint(self.ctx, self.node_id, "node", self._handle)
+        self.contacts: dict[str, Contact] = {}
+        self.links: dict[str, DealerLink] = {}
+        self.server_role: ServerRole | None = None
+        self.manager_role: ManagerRole | None = None
+        self.worker: WorkerAgent | None = None
+        self.client = ClientService(self)
+        self.discovery: Any = None
+        self._started_at = clock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._vote_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        # The monotonic clock is only used for ages; me.started must be on the same
+        # clock for the election's settle time.
+        self.me = _replace_started(self.me, self._started_at)
+        self.membership.update_self(self.me)
+
+    # Lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the node port, start discovery, the worker and the heartbeat loop."""
+        config = self.config
+        logger.info(
+            "flamenco-p2p %s node %s starting: farm %s, site %s, %s:%d, data %s",
+            __version__,
+            self.node_id,
+            config.farm,
+            config.site,
+            config.bind_address,
+            config.node_port,
+            config.data_dir,
+        )
+        self.endpoint.bind(config.bind_address, config.node_port)
+        for seed in config.seeds:
+            self._add_contact(_seed_endpoint(seed, config.node_port), "seed")
+        if config.mdns:
+            await self._start_discovery()
+        if config.worker_slots > 0:
+            await self._start_worker()
+        self._tasks.append(
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        )
+        logger.info("node %s started", self.node_id)
+
+    async def stop(self, reason: str = "stop requested") -> None:
+        """Tell peers this node is leaving, give up roles and close everything."""
+        if self._stopping:
+            return
+        self._stopping = True
+        logger.info("node %s stopping: %s", self.node_id, reason)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for action in self.election.resign_all():
+            await self._step_down(action)
+        for link in self.links.values():
+            link.send_nowait("leaving", {"reason": reason[:200]})
+        # Give the leaving messages a moment to reach the wire before closing.
+        await asyncio.sleep(0.05)
+        if self.worker is not None:
+            await self.worker.close()
+        if self.discovery is not None:
+            await self.discovery.stop()
+        await self.client.close()
+        for link in self.links.values():
+            await link.close()
+        await self.endpoint.close()
+        self.ctx.term()
+        logger.info("node %s stopped", self.node_id)
+
+    async def _start_discovery(self) -> None:
+        from flamenco_p2p.discovery.mdns import MdnsDiscovery
+        from flamenco_p2p.discovery.multicast import check_multicast, default_interfaces
+
+        interfaces = list(self.config.mdns_interfaces) or default_interfaces(
+            self.config.bind_address
+        )
+        problem = check_multicast(interfaces)
+        if problem is not None:
+            logger.warning("mDNS discovery may not work: %s", problem)
+        self.discovery = MdnsDiscovery(
+            self._advert(),
+            self._on_sighting,
+            interfaces=interfaces,
+            on_goodbye=self._on_goodbye,
+        )
+        try:
+            await self.discovery.start()
+        except OSError as exc:
+            logger.warning(
+                "mDNS discovery failed to start on %s: %s; only seeds will be used",
+                interfaces,
+                exc,
+            )
+            self.discovery = None
+
+    async def _start_worker(self) -> None:
+        render = self.config.render
+        backend = RenderBackend(
+            kind=render.backend,
+            python=render.python or _default_python(),
+            blender_path=render.blender_path,
+            allow_scripts=render.allow_scripts,
+        )
+        workers = [
+            {
+                "worker_id": f"{self.node_id}.{slot}",
+                "node_id": self.node_id,
+                "site": self.config.site,
+                "capabilities": self.capabilities,
+            }
+            for slot in range(self.config.worker_slots)
+        ]
+        self.worker = WorkerAgent(
+            self.ctx,
+            self.node_id,
+            workers,
+            backend,
+            self.blobs,
+            self.config.data_dir / "scratch",
+            self.node_endpoints,
+            self.config.timing.heartbeat_interval,
+        )
+        await self.worker.start()
+
+    # Discovery and contacts ----------------------------------------------------
+
+    def _advert(self) -> Any:
+        from flamenco_p2p.discovery.mdns import Advert
+
+        caps = self.capabilities
+        summary = (
+            f"cpu={caps.get('cpu_cores', 0)};gpu={','.join(caps.get('gpu_types', []))};"
+            f"blender={caps.get('blender_version') or '-'}"
+        )
+        roles = {role: epoch for role, epoch in self.election.held.items()}
+        return Advert(
+            node_id=self.node_id,
+            farm_id=farm_id(self.config.farm),
+            site=self.config.site,
+            address=self.config.bind_address,
+            node_port=self.config.node_port,
+            roles=roles,
+            capabilities=summary[:200],
+        )
+
+    def _on_sighting(self, sighting: Any) -> None:
+        if sighting.farm_id != farm_id(self.config.farm):
+            logger.debug("ignoring node %s of another farm", sighting.node_id)
+            return
+        endpoint = f"tcp://{sighting.address}:{sighting.node_port}"
+        self._add_contact(endpoint, "mdns", sighting.node_id)
+
+    def _on_goodbye(self, node_id: str) -> None:
+        logger.debug("mDNS goodbye from %s", node_id)
+
+    def _add_contact(
+        self, endpoint: str, source: str, node_id: str | None = None
+    ) -> None:
+        if endpoint == self._own_endpoint():
+            return
+        contact = self.contacts.get(endpoint)
+        if contact is None:
+            self.contacts[endpoint] = Contact(endpoint, source, node_id, self.clock())
+            logger.info(
+                "contact %s from %s (node %s)", endpoint, source, node_id or "?"
+            )
+        elif node_id is not None:
+            contact.node_id = node_id
+
+    def _own_endpoint(self) -> str:
+        return f"tcp://{self.config.bind_address}:{self.config.node_port}"
+
+    def _link(self, endpoint: str) -> DealerLink:
+        link = self.links.get(endpoint)
+        if link is None:
+            link = DealerLink(
+                self.ctx,
+                self.node_id,
+                endpoint,
+                name=f"peer {endpoint}",
+                immediate=True,
+            )
+            self.links[endpoint] = link
+        return link
+
+    def node_endpoints(self, node_id: str | None) -> list[str]:
+        """Return the node-port endpoints at which a node can be reached."""
+        if node_id is None:
+            return []
+        info = self.membership.info(node_id)
+        if info is not None:
+            return [info.node_endpoint]
+        return [c.endpoint for c in self.contacts.values() if c.node_id == node_id]
+
+    # Heartbeats and election ---------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.timing.heartbeat_interval
+        while True:
+            try:
+                await self._beat()
+            except Exception:
+                logger.exception("heartbeat round failed")
+            await asyncio.sleep(interval)
+
+    async def _beat(self) -> None:
+        now = self.clock()
+        await self._run_actions(self.election.tick(now))
+        body = self._heartbeat_body(now)
+        for endpoint in list(self.contacts):
+            self._link(endpoint).send_nowait("heartbeat", body)
+        self._forget_contacts(now)
+
+    def _heartbeat_body(self, now: float) -> dict[str, Any]:
+        peers = [
+            {"node_id": n.node_id, "address": n.address, "node_port": n.node_port}
+            for n in self.membership.reachable(now)
+            if n.node_id != self.node_id
+        ]
+        claims = [
+            {"role": role, "epoch": epoch, "holder": holder}
+            for role, epoch, holder in self.election.claims()
+            if holder == self.node_id or self.election.holder(role, now) is not None
+        ]
+        return {"node": self.me.to_dict(), "peers": peers[:512], "claims": claims[:64]}
+
+    def _forget_contacts(self, now: float) -> None:
+        for endpoint, contact in list(self.contacts.items()):
+            if contact.source == "seed":
+                continue
+            if now - contact.last_heard > CONTACT_FORGET_AFTER:
+                del self.contacts[endpoint]
+                link = self.links.pop(endpoint, None)
+                if link is not None:
+                    asyncio.create_task(link.close())
+
+    async def _on_heartbeat(self, message: Message) -> None:
+        now = self.clock()
+        info = NodeInfo.from_dict(message.body["node"])
+        if info.node_id != message.sender:
+            raise ProtocolError(
+                "heartbeat node id differs from its sender", "node.node_id"
+            )
+        self.membership.heard(info, now)
+        endpoint = info.node_endpoint
+        self._add_contact(endpoint, "heartbeat", info.node_id)
+        contact = self.contacts.get(endpoint)
+        if contact is not None:
+            contact.last_heard = now
+        for peer in message.body["peers"]:
+            if peer["node_id"] != self.node_id:
+                self._add_contact(
+                    f"tcp://{peer['address']}:{peer['node_port']}",
+                    "gossip",
+                    peer["node_id"],
+                )
+        actions: list[Action] = []
+        for claim in message.body["claims"]:
+            direct = claim["holder"] == message.sender
+            actions += self.election.observe_claim(
+                claim["role"], claim["epoch"], claim["holder"], now, direct
+            )
+        await self._run_actions(actions)
+
+    async def _run_actions(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, RequestVotes):
+                self._request_votes(action)
+            elif isinstance(action, BecomeHolder):
+                await self._become_holder(action)
+            elif isinstance(action, StepDown):
+                await self._step_down(action)
+            elif isinstance(action, HolderChanged):
+                await self._holder_changed(action.role)
+
+    def _request_votes(self, action: RequestVotes) -> None:
+        for voter in action.voters:
+            task = asyncio.create_task(self._ask_vote(action, voter))
+            self._vote_tasks.add(task)
+            task.add_done_callback(self._vote_tasks.discard)
+
+    async def _ask_vote(self, action: RequestVotes, voter: str) -> None:
+        endpoints = self.node_endpoints(voter)
+        if not endpoints:
+            return
+        body = {
+            "role": action.role,
+            "epoch": action.epoch,
+            "rank": self.me.rank.to_dict(),
+        }
+        try:
+            result = await self._link(endpoints[0]).call(
+                "vote_request", body, VOTE_TIMEOUT
+            )
+            granted = bool(result["granted"])
+            known = int(result["known_epoch"])
+        except (FarmUnavailable, RemoteError, KeyError, TypeError, ValueError) as exc:
+            logger.info(
+                "no vote from %s for %s epoch %d: %s",
+                voter,
+                action.role,
+                action.epoch,
+                exc,
+            )
+            return
+        actions = self.election.handle_vote(
+            action.role, action.epoch, voter, granted, known
+        )
+        await self._run_actions(actions)
+
+    async def _become_holder(self, action: BecomeHolder) -> None:
+        try:
+            if action.role == SERVER_ROLE:
+                await self._start_server(action.epoch)
+            else:
+                await self._start_manager(action.epoch)
+        except (zmq.ZMQError, OSError) as exc:
+            logger.error(
+                "cannot take %s epoch %d: %s; another program may hold the port",
+                action.role,
+                action.epoch,
+                exc,
+            )
+            self.election.held.pop(action.role, None)
+            await self._step_down(StepDown(action.role, action.epoch, str(exc)))
+            return
+        await self._update_advert()
+        # Tell peers at once instead of at the next heartbeat.
+        body = self._heartbeat_body(self.clock())
+        for endpoint in list(self.contacts):
+            self._link(endpoint).send_nowait("heartbeat", body)
+
+    async def _start_server(self, epoch: int) -> None:
+        store = await FarmStore.open(self.config.database_path)
+        role = ServerRole(self.ctx, self.node_id, epoch, store, self._manager_epoch)
+        try:
+            role.start(self.config.bind_address, self.config.server_port)
+        except zmq.ZMQError:
+            await store.close()
+            raise
+        self.server_role = role
+        await self._holder_changed(SERVER_ROLE)
+
+    async def _start_manager(self, epoch: int) -> None:
+        role = ManagerRole(
+            self.ctx,
+            self.node_id,
+            self.config.site,
+            epoch,
+            self.blobs,
+            self.node_endpoints,
+            self.config.timing.worker_silent_after,
+        )
+        role.start(self.config.bind_address, self.config.manager_port)
+        self.manager_role = role
+        await self._holder_changed(SERVER_ROLE)
+        await self._holder_changed(manager_role(self.config.site))
+
+    def _manager_epoch(self, site: str) -> int:
+        return self.election.view(manager_role(site)).epoch
+
+    async def _step_down(self, action: StepDown) -> None:
+        logger.warning(
+            "leaving role %s epoch %d: %s", action.role, action.epoch, action.reason
+        )
+        if action.role == SERVER_ROLE and self.server_role is not None:
+            role, self.server_role = self.server_role, None
+            await role.close()
+        elif action.role != SERVER_ROLE and self.manager_role is not None:
+            manager, self.manager_role = self.manager_role, None
+            await manager.close()
+        if not self._stopping:
+            await self._update_advert()
+
+    async def _holder_changed(self, role: str) -> None:
+        now = self.clock()
+        holder = self.election.holder(role, now)
+        if role == SERVER_ROLE:
+            endpoint = self.role_endpoint(SERVER_ROLE, now)
+            epoch = holder[1] if holder else 0
+            if self.manager_role is not None:
+                await self.manager_role.set_server(endpoint, epoch)
+            await self.client.set_server(endpoint, epoch)
+        elif role == manager_role(self.config.site) and self.worker is not None:
+            endpoint = self.role_endpoint(role, now)
+            await self.worker.set_manager(endpoint, holder[1] if holder else 0)
+
+    def role_endpoint(self, role: str, now: float) -> str | None:
+        """Return the ZeroMQ endpoint of a role's current holder, or None."""
+        holder = self.election.holder(role, now)
+        if holder is None:
+            return None
+        info = self.membership.info(holder[0])
+        if info is None:
+            return None
+        port = info.server_port if role == SERVER_ROLE else info.manager_port
+        return f"tcp://{info.address}:{port}"
+
+    async def _update_advert(self) -> None:
+        if self.discovery is None:
+            return
+        try:
+            await self.discovery.update(self._advert())
+        except (OSError, ValueError) as exc:
+            logger.warning("mDNS advert update failed: %s", exc)
+
+    # Node port -----------------------------------------------------------------
+
+    async def _handle(
+        self, identity: bytes, message: Message
+    ) -> dict[str, Any] | Reply | None:
+        op = message.op
+        if op == "heartbeat":
+            await self._on_heartbeat(message)
+            return None
+        if op == "leaving":
+            self.membership.mark_left(message.sender)
+            await self._run_actions(self.election.tick(self.clock()))
+            return None
+        if op == "vote_request":
+            body = message.body
+            granted, known = self.election.handle_vote_request(
+                body["role"], body["epoch"], Rank.from_dict(body["rank"]), self.clock()
+            )
+            if body["rank"]["node_id"] != message.sender:
+                granted = False
+            return {"granted": granted, "known_epoch": known}
+        return await self.client.handle(identity, message)
+
+    # Status --------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """Return this node's view of the farm: peers, states, roles and epochs."""
+        now = self.clock()
+        nodes = []
+        for info in [self.me] + [r.info for r in self.membership.peers.values()]:
+            state = self.membership.state(info.node_id, now)
+            roles = [
+                {"role": role, "epoch": epoch}
+                for role, epoch, holder in self.election.claims()
+                if holder == info.node_id
+                and self.election.holder(role, now) is not None
+            ]
+            nodes.append(
+                {
+                    "node_id": info.node_id,
+                    "site": info.site,
+                    "address": info.address,
+                    "state": str(state),
+                    "roles": roles,
+                    "capabilities": info.capabilities,
+                    "worker_slots": info.worker_slots,
+                    "this_node": info.node_id == self.node_id,
+                }
+            )
+        roles = {}
+        for role in {r for r, _e, _h in self.election.claims()}:
+            holder = self.election.holder(role, now)
+            roles[role] = {"holder": holder[0], "epoch": holder[1]} if holder else None
+        return {
+            "node_id": self.node_id,
+            "farm": self.config.farm,
+            "nodes": nodes,
+            "roles": roles,
+        }
+
+
+def farm_id(farm: str) -> str:
+    """Return the farm id advertised over mDNS, derived from the farm name."""
+    import hashlib
+
+    return hashlib.sha256(b"flamenco-p2p farm\0" + farm.encode()).hexdigest()[:32]
+
+
+def _seed_endpoint(seed: str, default_port: int) -> str:
+    from flamenco_p2p.discovery.seeds import parse_seed
+
+    host, port = parse_seed(seed, default_port)
+    return f"tcp://{host}:{port}"
+
+
+def _replace_started(info: NodeInfo, started: float) -> NodeInfo:
+    import dataclasses
+
+    return dataclasses.replace(info, started=started)
+
+
+def _default_python() -> str:
+    import sys
+
+    return sys.executable

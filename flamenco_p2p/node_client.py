@@ -1,0 +1,261 @@
+"""Requests that any node serves on its node port: commands from the CLI, blobs for
+managers, and outputs that workers send back to the node that submitted a job."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flamenco_p2p.errors import BlobError, FarmUnavailable, InvalidInput
+from flamenco_p2p.protocol.messages import Message
+from flamenco_p2p.transport import DealerLink, RemoteError, Reply
+
+if TYPE_CHECKING:
+    from flamenco_p2p.node import Node
+
+logger = logging.getLogger(__name__)
+
+MAX_OPEN_OUTPUTS = 64
+SERVER_TIMEOUT = 15.0
+SUBMISSION_WAIT = 5.0
+
+
+@dataclass(slots=True)
+class OutputWriter:
+    """An output file being received from a worker."""
+
+    final: Path
+    tmp: Path
+    sha256: str
+    size: int
+    received: int = 0
+
+    def __post_init__(self) -> None:
+        self.digest = hashlib.sha256()
+
+
+class ClientService:
+    """The node-port requests other than membership and election."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.server: DealerLink | None = None
+        self.server_epoch = 0
+        self.submissions_dir = node.config.data_dir / "submissions"
+        self.submissions_dir.mkdir(parents=True, exist_ok=True)
+        self.outputs: dict[tuple[str, str], OutputWriter] = {}
+        self.server_ready = asyncio.Event()
+
+    async def close(self) -> None:
+        """Drop the server link and partial outputs."""
+        if self.server is not None:
+            await self.server.close()
+            self.server = None
+        for writer in self.outputs.values():
+            writer.tmp.unlink(missing_ok=True)
+        self.outputs.clear()
+
+    async def set_server(self, endpoint: str | None, epoch: int) -> None:
+        """Point forwarded requests at the server's new holder."""
+        if self.server is not None:
+            await self.server.close()
+            self.server = None
+        self.server_epoch = epoch
+        self.server_ready.clear()
+        if endpoint is not None:
+            self.server = DealerLink(
+                self.node.ctx, self.node.node_id, endpoint, name="node->server"
+            )
+            self.server_ready.set()
+
+    async def handle(
+        self, identity: bytes, message: Message
+    ) -> dict[str, Any] | Reply | None:
+        """Serve one request; unknown operations get an error reply."""
+        body = message.body
+        match message.op:
+            case "client_submit":
+                return await self._submit(body)
+            case "client_status":
+                return await self._status()
+            case "client_job":
+                result: dict[str, Any] = await self.call_server("get_job", body)
+                return result
+            case "client_cancel":
+                result = await self.call_server("cancel_job", body)
+                return result
+            case "blob_get":
+                return self._blob_get(body)
+            case "output_put":
+                return await self._output_put(body)
+        raise RemoteError(
+            "unknown_op", f"operation {message.op!r} is not served here", "op"
+        )
+
+    async def call_server(self, op: str, body: dict[str, Any]) -> Any:
+        """Forward a request to the farm's server."""
+        try:
+            await asyncio.wait_for(self.server_ready.wait(), SERVER_TIMEOUT)
+        except TimeoutError as exc:
+            raise RemoteError(
+                "unavailable",
+                "the farm has no server yet; wait for the election or check `status`",
+                None,
+            ) from exc
+        link = self.server
+        if link is None:
+            raise RemoteError("unavailable", "the farm has no server right now", None)
+        try:
+            return await link.call(op, body, timeout=SERVER_TIMEOUT)
+        except FarmUnavailable as exc:
+            raise RemoteError("unavailable", str(exc), None) from exc
+
+    async def _submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        job = dict(body["job"])
+        settings = dict(job.get("settings") or {})
+        job["submitter_node"] = self.node.node_id
+        blend_path = body["blend_path"]
+        if job.get("job_type") == "blender-render":
+            if not blend_path:
+                raise InvalidInput("a blender-render job needs the blend file's path")
+            path = Path(blend_path)
+            if not path.is_file():
+                raise InvalidInput(f"blend file {blend_path!r} not found on this node")
+            sha256, size = await self.node.blobs.add_file(path)
+            settings.update(blend_sha256=sha256, blend_size=size, blend_name=path.name)
+            output_dir = Path(settings.get("output_dir", ""))
+            if not output_dir.is_absolute():
+                raise InvalidInput(
+                    f"output_dir {str(output_dir)!r} must be an absolute path"
+                )
+            output_dir.mkdir(parents=True, exist_ok=True)
+        job["settings"] = settings
+        from flamenco_p2p.jobs.spec import JobSpec
+
+        spec = JobSpec.from_dict(job)
+        result: dict[str, Any] = await self.call_server(
+            "submit_job", {"job": spec.to_dict()}
+        )
+        job_id = result["job_id"]
+        self._record_submission(job_id, settings)
+        return {"job_id": job_id}
+
+    def _record_submission(self, job_id: str, settings: dict[str, Any]) -> None:
+        record = {"output_dir": settings.get("output_dir")}
+        path = self._submission_path(job_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _submission_path(self, job_id: str) -> Path:
+        from flamenco_p2p.outputs import safe_path_component
+
+        return self.submissions_dir / (safe_path_component(job_id) + ".json")
+
+    async def _status(self) -> dict[str, Any]:
+        status = self.node.describe()
+        try:
+            farm = await self.call_server("list_jobs", {"limit": 100})
+        except RemoteError as exc:
+            status["jobs"] = []
+            status["workers"] = []
+            status["server_error"] = str(exc)
+        else:
+            status["jobs"] = farm["jobs"]
+            status["workers"] = farm["workers"]
+        return status
+
+    def _blob_get(self, body: dict[str, Any]) -> Reply:
+        sha256 = body["sha256"]
+        try:
+            size = self.node.blobs.size(sha256)
+            data = self.node.blobs.read_chunk(sha256, body["offset"], body["length"])
+        except BlobError as exc:
+            raise RemoteError("not_found", str(exc), "sha256") from exc
+        return Reply("blob_data", {"size": size, "data": data})
+
+    async def _output_dir(self, job_id: str) -> Path:
+        path = self._submission_path(job_id)
+        waited = 0.0
+        while not path.exists() and waited < SUBMISSION_WAIT:
+            await asyncio.sleep(0.1)
+            waited += 0.1
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RemoteError(
+                "not_found",
+                f"job {job_id} was not submitted through this node",
+                "job_id",
+            ) from exc
+        return Path(record["output_dir"])
+
+    async def _output_put(self, body: dict[str, Any]) -> dict[str, Any]:
+        key = (body["attempt_id"], body["name"])
+        writer = self.outputs.get(key)
+        if writer is None:
+            if body["offset"] != 0:
+                raise RemoteError(
+                    "invalid", f"output {body['name']!r}: no transfer open", "offset"
+                )
+            writer = await self._open_output(body)
+        try:
+            self._write_chunk(writer, body)
+        except InvalidInput as exc:
+            self.outputs.pop(key, None)
+            writer.tmp.unlink(missing_ok=True)
+            raise RemoteError("invalid", str(exc), "data") from exc
+        if not body["last"]:
+            return {"received": writer.received}
+        del self.outputs[key]
+        return self._finish_output(writer)
+
+    async def _open_output(self, body: dict[str, Any]) -> OutputWriter:
+        from flamenco_p2p.outputs import safe_path_component
+
+        name = body["name"]
+        if safe_path_component(name) != name or name.startswith("."):
+            raise RemoteError(
+                "invalid", f"output name {name!r} is not a plain file name", "name"
+            )
+        if len(self.outputs) >= MAX_OPEN_OUTPUTS:
+            raise RemoteError("busy", "too many output transfers at once; retry", None)
+        folder = await self._output_dir(body["job_id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / name
+        tmp = folder / f".{name}.{body['attempt_id'][:16]}.part"
+        tmp.write_bytes(b"")
+        writer = OutputWriter(final, tmp, body["sha256"], body["size"])
+        self.outputs[(body["attempt_id"], name)] = writer
+        return writer
+
+    def _write_chunk(self, writer: OutputWriter, body: dict[str, Any]) -> None:
+        data: bytes = body["data"]
+        if body["offset"] != writer.received:
+            raise InvalidInput(f"chunk at {body['offset']}, expected {writer.received}")
+        if writer.received + len(data) > writer.size:
+            raise InvalidInput(f"more than the {writer.size} bytes announced")
+        with writer.tmp.open("ab") as handle:
+            handle.write(data)
+        writer.digest.update(data)
+        writer.received += len(data)
+
+    def _finish_output(self, writer: OutputWriter) -> dict[str, Any]:
+        actual = writer.digest.hexdigest()
+        if writer.received != writer.size or actual != writer.sha256:
+            writer.tmp.unlink(missing_ok=True)
+            raise RemoteError(
+                "invalid",
+                f"output {writer.final.name}: {writer.received} bytes hashing to {actual},"
+                f" expected {writer.size} bytes hashing to {writer.sha256}",
+                "sha256",
+            )
+        os.replace(writer.tmp, writer.final)
+        logger.info("received output %s (%d bytes)", writer.final, writer.size)
+        return {"path": str(writer.final), "sha256": actual}

@@ -1,0 +1,61 @@
+"""Turning command-line options into a blender-render job, checked before it is sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flamenco_p2p.errors import InvalidInput
+from flamenco_p2p.frames import parse_frames
+from flamenco_p2p.outputs import split_output, template_warnings
+
+
+def build_render_job(
+    *,
+    blend: Path,
+    frames: str,
+    chunk: int,
+    output: str,
+    cwd: Path,
+    name: str | None = None,
+    priority: int = 50,
+    engine: str | None = None,
+    samples: int | None = None,
+    resolution: int | None = None,
+    gpu: str = "none",
+) -> tuple[dict[str, Any], list[str]]:
+    """Return the job map for client_submit, and warnings to show the user.
+
+    Raises InvalidInput (or FrameSpecError) naming the bad value; no job exists then.
+    """
+    if not blend.is_file():
+        raise InvalidInput(f"blend file {str(blend)!r} not found; check the path")
+    frame_list = parse_frames(frames)
+    if not 1 <= chunk <= 1000:
+        raise InvalidInput(f"--chunk {chunk} is invalid; use 1 to 1000 frames per task")
+    output_dir, output_name = split_output(output, str(cwd), str(blend.parent))
+    largest = max(abs(f) for f in frame_list)
+    warnings = template_warnings(output_name, len(str(largest)))
+    overrides: dict[str, Any] = {}
+    if engine is not None:
+        overrides["engine"] = engine.upper()
+    if samples is not None:
+        overrides["samples"] = samples
+    if resolution is not None:
+        overrides["resolution_percentage"] = resolution
+    if gpu != "none":
+        overrides["device"] = "GPU"
+    job = {
+        "name": name or blend.name,
+        "job_type": "blender-render",
+        "priority": priority,
+        "settings": {
+            "frames": frames,
+            "chunk_size": chunk,
+            "output_dir": output_dir,
+            "output_name": output_name,
+            "overrides": overrides,
+        },
+        "requirements": {"gpu": gpu, "gpu_types": [], "min_blender": None},
+    }
+    return job, warnings
