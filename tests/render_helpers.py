@@ -1,0 +1,164 @@
+"""Helpers shared by the render tests: demo files, event logs, process checks and a
+fake Blender executable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flamenco_p2p.render.controller import RenderEvent, child_environment
+from flamenco_p2p.render.demo_scene import make_demo_scene
+
+# Tiny renders, because the test machine has 2 shared cores.
+TEST_RESOLUTION = (64, 36)
+TEST_SAMPLES = 4
+
+
+def build_demo_blend(
+    directory: Path, *, frames: int = 4, file_format: str = "PNG", device: str = "CPU"
+) -> Path:
+    """Build a tiny demo scene in directory and return its path."""
+    path = directory / "demo.blend"
+    make_demo_scene(
+        path,
+        frames=frames,
+        resolution=TEST_RESOLUTION,
+        samples=TEST_SAMPLES,
+        file_format=file_format,
+        device=device,
+    )
+    return path
+
+
+class EventLog:
+    """Collects RenderEvents; pass the instance as render()'s on_event."""
+
+    def __init__(self) -> None:
+        self.events: list[RenderEvent] = []
+
+    def __call__(self, event: RenderEvent) -> None:
+        self.events.append(event)
+
+    def of_kind(self, kind: str) -> list[RenderEvent]:
+        """Return the events of one kind, in arrival order."""
+        return [event for event in self.events if event.kind == kind]
+
+
+def blender_frame_paths(
+    scratch: Path, output_dir: Path, output_name: str, frames: Sequence[int]
+) -> list[str]:
+    """Return the paths that bpy's own frame_path gives, from a separate bpy child."""
+    script = (
+        "import json, os, sys\n"
+        "settings = json.load(sys.stdin)\n"
+        "import bpy\n"
+        "render = bpy.context.scene.render\n"
+        "render.filepath = os.path.join(settings['dir'], settings['name'])\n"
+        "paths = [render.frame_path(frame=f) for f in settings['frames']]\n"
+        "print('PATHS ' + json.dumps(paths), flush=True)\n"
+    )
+    settings = {"dir": str(output_dir), "name": output_name, "frames": list(frames)}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps(settings),
+        capture_output=True,
+        text=True,
+        env=child_environment(scratch),
+        timeout=60,
+        check=True,
+    )
+    for line in result.stdout.splitlines():
+        if line.startswith("PATHS "):
+            paths: list[str] = json.loads(line.removeprefix("PATHS "))
+            return paths
+    raise AssertionError(f"bpy child printed no paths: {result.stdout[-500:]}")
+
+
+# Device nodes of NVIDIA (CUDA, OptiX), AMD (HIP) and WSL GPU drivers.
+GPU_DEVICE_NODES = ("/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def has_gpu_device() -> bool:
+    """Return whether this machine has a GPU device node that Cycles could use."""
+    return any(Path(node).exists() for node in GPU_DEVICE_NODES)
+
+
+def process_exists(pid: int) -> bool:
+    """Return whether a process with this pid exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    state = read_stat_fields(pid)
+    return state is not None and state[0] != "Z"
+
+
+def read_stat_fields(pid: int) -> list[str] | None:
+    """Return the /proc/PID/stat fields after the command name, or None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may contain spaces.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def session_members(session_id: int) -> list[int]:
+    """Return the live pids whose session id is session_id, scanning /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = read_stat_fields(int(entry))
+        # Fields after the name: state, ppid, pgrp, session, ...
+        if fields is not None and fields[0] != "Z" and int(fields[3]) == session_id:
+            members.append(int(entry))
+    return members
+
+
+def write_fake_blender(directory: Path) -> tuple[Path, Path]:
+    """Write a stand-in Blender executable and return (its path, its argv log).
+
+    It appends its argv as a JSON line to the log and checks the options that the
+    controller must pass. Like Blender, it prints a banner on stdout and has bpy
+    loaded (from the test interpreter) before it runs the --python script or the
+    --python-expr code, with its full argv in sys.argv.
+    """
+    executable = directory / "blender"
+    argv_log = directory / "blender-argv.jsonl"
+    executable.write_text(FAKE_BLENDER.format(python=sys.executable, log=str(argv_log)))
+    executable.chmod(0o755)
+    return executable, argv_log
+
+
+FAKE_BLENDER = '''#!{python}
+"""Fake Blender executable for tests; no real Blender 5.x is installed."""
+import json
+import runpy
+import sys
+
+argv = list(sys.argv)
+with open({log!r}, "a", encoding="utf-8") as log:
+    log.write(json.dumps(argv) + "\\n")
+if "-b" not in argv or "--factory-startup" not in argv:
+    print("fake blender: expected -b and --factory-startup", file=sys.stderr)
+    sys.exit(2)
+print("Blender 5.0.1 (fake executable for tests)", flush=True)
+end = argv.index("--") if "--" in argv else len(argv)
+sys.argv = argv[:1]
+import bpy  # a real Blender has bpy loaded before it runs scripts
+sys.argv = argv
+if "--python" in argv[:end]:
+    runpy.run_path(argv[argv.index("--python") + 1], run_name="__main__")
+elif "--python-expr" in argv[:end]:
+    exec(argv[argv.index("--python-expr") + 1], {{"__name__": "__main__"}})
+else:
+    print("fake blender: expected --python or --python-expr", file=sys.stderr)
+    sys.exit(2)
+'''
