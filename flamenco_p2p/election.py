@@ -169,18 +169,22 @@ class Election:
             actions.append(HolderChanged(role, epoch, holder))
         return actions
 
-    def tick(self, now: float) -> list[Action]:
-        """Start, finish or drop campaigns for vacant roles."""
+    def tick(self, now: float, may_stand: bool = True) -> list[Action]:
+        """Start, finish or drop campaigns for vacant roles.
+
+        ``may_stand`` is False while the node still waits to hear from peers it
+        has found, so that it does not win an election that they would have won.
+        """
         actions: list[Action] = []
         for role in self.roles_in_scope():
             if role in self.held:
                 view = self.view(role)
                 view.lease_until = now + self.timing.dead_after
                 continue
-            actions.extend(self._check_vacancy(role, now))
+            actions.extend(self._check_vacancy(role, now, may_stand))
         return actions
 
-    def _check_vacancy(self, role: str, now: float) -> list[Action]:
+    def _check_vacancy(self, role: str, now: float, may_stand: bool) -> list[Action]:
         if self.holder(role, now) is not None:
             return []
         view = self.view(role)
@@ -197,7 +201,7 @@ class Election:
         if campaign is not None:
             logger.info("election for %s epoch %d timed out", role, campaign.epoch)
             del self.campaigns[role]
-        if not self._should_run(role, now):
+        if not may_stand or not self._should_run(role, now):
             return actions
         return actions + self._start_campaign(role, now)
 

@@ -51,6 +51,7 @@ class Contact:
     source: str
     node_id: str | None = None
     last_heard: float = 0.0
+    added: float = 0.0
 
 
 class Node:
@@ -80,7 +81,7 @@ class Node:
             rank=Rank(config.priority, 0, self.node_id),
             worker_slots=config.worker_slots,
             capabilities=capabilities,
-            started=time.time(),
+            started=clock(),
         )
         self.membership = Membership(self.me, config.timing)
         self.election = Election(self.membership, config.timing)
@@ -92,14 +93,9 @@ class Node:
         self.worker: WorkerAgent | None = None
         self.client = ClientService(self)
         self.discovery: Any = None
-        self._started_at = clock()
         self._tasks: list[asyncio.Task[None]] = []
         self._vote_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
-        # The monotonic clock is only used for ages; me.started must be on the same
-        # clock for the election's settle time.
-        self.me = _replace_started(self.me, self._started_at)
-        self.membership.update_self(self.me)
 
     # Lifecycle -----------------------------------------------------------------
 
@@ -123,6 +119,10 @@ class Node:
             await self._start_discovery()
         if config.worker_slots > 0:
             await self._start_worker()
+        # The settle time runs from here: discovery has had its chance to find
+        # peers, and the first heartbeats go out now.
+        self.me = _replace_started(self.me, self.clock())
+        self.membership.update_self(self.me)
         self._tasks.append(
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         )
@@ -153,7 +153,8 @@ class Node:
         for link in self.links.values():
             await link.close()
         await self.endpoint.close()
-        self.ctx.term()
+        # destroy() closes any socket a late task still held, so term never hangs.
+        self.ctx.destroy(linger=0)
         logger.info("node %s stopped", self.node_id)
 
     async def _start_discovery(self) -> None:
@@ -221,7 +222,8 @@ class Node:
             f"cpu={caps.get('cpu_cores', 0)};gpu={','.join(caps.get('gpu_types', []))};"
             f"blender={caps.get('blender_version') or '-'}"
         )
-        roles = {role: epoch for role, epoch in self.election.held.items()}
+        # The advert names roles without the site: the advert carries the site.
+        roles = {role.split(":")[0]: epoch for role, epoch in self.election.held.items()}
         return Advert(
             node_id=self.node_id,
             farm_id=farm_id(self.config.farm),
@@ -249,7 +251,8 @@ class Node:
             return
         contact = self.contacts.get(endpoint)
         if contact is None:
-            self.contacts[endpoint] = Contact(endpoint, source, node_id, self.clock())
+            now = self.clock()
+            self.contacts[endpoint] = Contact(endpoint, source, node_id, 0.0, now)
             logger.info(
                 "contact %s from %s (node %s)", endpoint, source, node_id or "?"
             )
@@ -294,11 +297,20 @@ class Node:
 
     async def _beat(self) -> None:
         now = self.clock()
-        await self._run_actions(self.election.tick(now))
+        await self._run_actions(self.election.tick(now, self._may_stand(now)))
         body = self._heartbeat_body(now)
         for endpoint in list(self.contacts):
             self._link(endpoint).send_nowait("heartbeat", body)
         self._forget_contacts(now)
+
+    def _may_stand(self, now: float) -> bool:
+        """Return False while a recently found contact has not answered yet."""
+        wait = self.config.timing.settle_time
+        for contact in self.contacts.values():
+            answered = contact.last_heard > 0.0
+            if not answered and now - contact.added < wait:
+                return False
+        return True
 
     def _heartbeat_body(self, now: float) -> dict[str, Any]:
         peers = [
@@ -317,7 +329,7 @@ class Node:
         for endpoint, contact in list(self.contacts.items()):
             if contact.source == "seed":
                 continue
-            if now - contact.last_heard > CONTACT_FORGET_AFTER:
+            if now - max(contact.last_heard, contact.added) > CONTACT_FORGET_AFTER:
                 del self.contacts[endpoint]
                 link = self.links.pop(endpoint, None)
                 if link is not None:

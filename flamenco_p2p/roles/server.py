@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class ServerRole:
         self.manager_sites: dict[bytes, str] = {}
         self.parked: dict[str, ParkedRequest] = {}
         self.worker_manager: dict[str, bytes] = {}
+        self._lease_lock = asyncio.Lock()
 
     def start(self, address: str, port: int) -> None:
         """Bind the server port."""
@@ -219,26 +221,33 @@ class ServerRole:
         await self.endpoint.send(identity, "cancel_attempt", body)
 
     async def _serve_parked(self, worker_ids: list[str] | None = None) -> None:
-        """Lease tasks to parked workers until tasks or workers run out."""
-        for worker_id in worker_ids if worker_ids is not None else list(self.parked):
-            request = self.parked.get(worker_id)
-            if request is None:
-                continue
-            assignment = await self.store.lease_task(request.worker)
-            if assignment is None:
-                if worker_ids is None:
-                    return
-                continue
-            del self.parked[worker_id]
-            self.worker_manager[worker_id] = request.identity
-            body = {"assignment": assignment_to_dict(assignment)}
-            if not await self.endpoint.send(request.identity, "assign", body):
-                logger.warning(
-                    "manager of worker %s is gone: requeueing attempt %s",
-                    worker_id,
-                    assignment.attempt_id,
-                )
-                await self.store.requeue_worker(worker_id, "manager unreachable")
+        """Lease tasks to parked workers until tasks or workers run out.
+
+        One lock serialises leasing, because handlers run concurrently and two of
+        them must never lease for the same parked request.
+        """
+        async with self._lease_lock:
+            for worker_id in worker_ids if worker_ids is not None else list(self.parked):
+                request = self.parked.pop(worker_id, None)
+                if request is None:
+                    continue
+                assignment = await self.store.lease_task(request.worker)
+                if assignment is None:
+                    # A request that arrived meanwhile is newer; keep that one.
+                    self.parked.setdefault(worker_id, request)
+                    continue
+                await self._send_assignment(request, assignment)
+
+    async def _send_assignment(self, request: ParkedRequest, assignment: Assignment) -> None:
+        worker_id = request.worker.worker_id
+        self.worker_manager[worker_id] = request.identity
+        body = {"assignment": assignment_to_dict(assignment)}
+        if not await self.endpoint.send(request.identity, "assign", body):
+            logger.warning(
+                "manager of worker %s is gone: requeueing attempt %s",
+                worker_id, assignment.attempt_id,
+            )
+            await self.store.requeue_worker(worker_id, "manager unreachable")
 
 
 def _task_dict(task: Any) -> dict[str, Any]:

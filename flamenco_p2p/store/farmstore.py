@@ -1,0 +1,1209 @@
+"""The server role's persistent state: jobs, tasks, attempts, logs and workers.
+
+One FarmStore owns one SQLite connection (through aiosqlite's worker thread) and
+serializes its transactions with an asyncio lock, so coroutines never see each
+other's half-done changes. Every method that changes state commits before it
+returns.
+
+Durability: the database uses WAL with ``synchronous=NORMAL`` by default. A commit
+then survives a crash of the process, which is the common failure. A power cut or
+kernel crash may lose the last commits, but the database itself stays consistent.
+NORMAL is the default because a lost lease or result only makes a task run again,
+while FULL costs one fsync per lease. Pass ``synchronous="FULL"`` to fsync every
+commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from flamenco_p2p.errors import InvalidInput, NotFound, StaleAttempt, StateError
+from flamenco_p2p.jobs.compiler import TaskSpec, compile_job
+from flamenco_p2p.jobs.spec import GPU_TYPES, JobSpec, Requirements
+from flamenco_p2p.jobs.status import (
+    RUNNABLE_TASK_STATUSES,
+    AttemptStatus,
+    JobStatus,
+    TaskStatus,
+    check_attempt_transition,
+    check_job_transition,
+    check_task_transition,
+)
+from flamenco_p2p.store.schema import migrate
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_ATTEMPTS = 3
+"""Failed attempts after which a task fails, and with it its job."""
+
+DEFAULT_BLOCKLIST_THRESHOLD = 3
+"""Failed attempts of one worker on one job after which the job blocklists it."""
+
+DEFAULT_LOG_LINES_PER_TASK = 1000
+"""Log lines kept per task; older lines are deleted."""
+
+MAX_LOG_LINE_CHARS = 4000
+"""Longer log lines are cut to this many characters."""
+
+_ANY_GPU_MASK = (1 << len(GPU_TYPES)) - 1
+_BLENDER_VERSION_PREFIX = re.compile(r"(\d{1,3})\.(\d{1,3})(?:\.(\d{1,3}))?")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
+
+# One statement picks the job and its first runnable task. Jobs sort by priority,
+# then by how well the worker's GPU fits (0: a GPU job the worker's GPU matches,
+# 1: a CPU job, 2: a GPU-preferring job the worker cannot accelerate), then age.
+_LEASE_SQL = """
+SELECT j.id, j.status, j.job_type, j.settings, j.submitter_node,
+       t.id, t.status, t.frames, t.payload
+FROM jobs AS j
+JOIN tasks AS t ON t.id = (
+    SELECT r.id FROM tasks AS r
+    WHERE r.job_id = j.id AND r.status IN ('queued', 'soft-failed')
+    ORDER BY r.idx LIMIT 1
+)
+WHERE j.status IN ('queued', 'active')
+  AND (j.gpu_mode != 'require' OR (j.gpu_mask & :gpu_mask) != 0)
+  AND (j.min_blender = 0 OR :blender >= j.min_blender)
+  AND (j.needs_blender = 0 OR :blender >= 0)
+  AND NOT EXISTS (
+      SELECT 1 FROM job_blocklist AS b
+      WHERE b.job_id = j.id AND b.worker_id = :worker_id
+  )
+ORDER BY j.priority DESC,
+         CASE
+             WHEN j.gpu_mode != 'none' AND (j.gpu_mask & :gpu_mask) != 0 THEN 0
+             WHEN j.gpu_mode = 'none' THEN 1
+             ELSE 2
+         END,
+         j.created, j.rowid
+LIMIT 1
+"""
+
+# The WHERE clause repeats the statuses that the lease query saw, so a change by
+# another connection in between makes the insert a no-op instead of a double lease.
+_START_ATTEMPT_SQL = """
+INSERT INTO attempts (id, task_id, job_id, worker_id, node_id, status, started)
+SELECT ?, ?, ?, ?, ?, 'active', ?
+WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ? AND status = ?)
+  AND EXISTS (SELECT 1 FROM jobs WHERE id = ? AND status = ?)
+"""
+_LEASE_TRIES = 3
+
+_ASSIGNMENT_SQL = """
+SELECT a.job_id, a.task_id, a.id, j.job_type, t.frames, t.payload, j.settings,
+       a.worker_id, j.submitter_node
+FROM attempts AS a
+JOIN tasks AS t ON t.id = a.task_id
+JOIN jobs AS j ON j.id = a.job_id
+"""
+
+_ATTEMPT_STATE_SQL = """
+SELECT a.status, a.task_id, a.job_id, a.worker_id, t.status, t.current_attempt,
+       t.failures, t.frames, t.name, j.status
+FROM attempts AS a
+JOIN tasks AS t ON t.id = a.task_id
+JOIN jobs AS j ON j.id = a.job_id
+WHERE a.id = ?
+"""
+
+_TASK_SQL = """
+SELECT id, job_id, idx, name, status, frames, current_attempt, worker_id, attempts,
+       error, outputs, progress, failures
+FROM tasks
+"""
+
+_JOB_SQL = """
+SELECT id, name, status, priority, job_type, settings, requirements, created,
+       updated, frames_total, submitter_node, error
+FROM jobs
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """Capabilities that a worker reports when it requests work."""
+
+    worker_id: str
+    node_id: str
+    site: str
+    cpu_cores: int
+    gpu_types: tuple[str, ...]
+    blender_version: str | None
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("worker_id", "node_id", "site"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise InvalidInput(f"worker {name} is {value!r}; give a non-empty id")
+        if not isinstance(self.cpu_cores, int) or self.cpu_cores < 0:
+            raise InvalidInput(
+                f"worker {self.worker_id} cpu_cores is {self.cpu_cores!r}; "
+                "give a count of 0 or more"
+            )
+        if not all(isinstance(gpu, str) for gpu in self.gpu_types):
+            raise InvalidInput(
+                f"worker {self.worker_id} gpu_types is {self.gpu_types!r}; "
+                "give device type names such as 'CUDA'"
+            )
+        if not all(isinstance(tag, str) for tag in self.tags):
+            raise InvalidInput(
+                f"worker {self.worker_id} tags is {self.tags!r}; give strings"
+            )
+        object.__setattr__(self, "gpu_types", tuple(g.upper() for g in self.gpu_types))
+        object.__setattr__(self, "tags", tuple(self.tags))
+        if self.blender_version is not None:
+            blender_number(self.blender_version)
+
+    @property
+    def gpu_mask(self) -> int:
+        """Bit mask of the worker's GPU types that jobs can ask for."""
+        return gpu_mask(self.gpu_types)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """An attempt handed to a worker: everything it needs to run the task."""
+
+    job_id: str
+    task_id: str
+    attempt_id: str
+    job_type: str
+    frames: tuple[int, ...]
+    payload: dict[str, Any]
+    settings: dict[str, Any]
+    worker_id: str
+    submitter_node: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A stored job; task_counts has every TaskStatus value as a key."""
+
+    id: str
+    name: str
+    status: JobStatus
+    priority: int
+    job_type: str
+    settings: dict[str, Any]
+    requirements: Requirements
+    created: float
+    updated: float
+    task_counts: dict[str, int]
+    frames_total: int
+    frames_done: int
+    submitter_node: str
+    error: str | None
+
+    @property
+    def type(self) -> str:
+        """The job type, under the name the job listing uses."""
+        return self.job_type
+
+
+@dataclass(frozen=True, slots=True)
+class TaskView:
+    """A stored task.
+
+    attempt_id and worker_id name the running attempt, or the attempt that ended
+    the task; they are None while the task waits to run (again). attempts counts
+    every lease, including lost ones.
+    """
+
+    id: str
+    index: int
+    name: str
+    status: TaskStatus
+    frames: tuple[int, ...]
+    attempt_id: str | None
+    worker_id: str | None
+    attempts: int
+    error: str | None
+    outputs: list[dict[str, Any]]
+    job_id: str = ""
+    progress: float = 0.0
+    failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _LeaseCandidate:
+    job_id: str
+    job_status: str
+    job_type: str
+    settings: str
+    submitter_node: str
+    task_id: str
+    task_status: str
+    frames: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class _AttemptState:
+    attempt_id: str
+    attempt_status: str
+    task_id: str
+    job_id: str
+    worker_id: str
+    task_status: str
+    current_attempt: str | None
+    failures: int
+    frames: tuple[int, ...]
+    task_name: str
+    job_status: str
+
+
+@dataclass(slots=True)
+class _Options:
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    blocklist_threshold: int = DEFAULT_BLOCKLIST_THRESHOLD
+    log_lines_per_task: int = DEFAULT_LOG_LINES_PER_TASK
+
+
+def gpu_mask(gpu_types: Iterable[str]) -> int:
+    """Return one bit per known GPU type in gpu_types; unknown names are ignored."""
+    mask = 0
+    for gpu_type in gpu_types:
+        if gpu_type in GPU_TYPES:
+            mask |= 1 << GPU_TYPES.index(gpu_type)
+    return mask
+
+
+def blender_number(version: str) -> int:
+    """Encode a version such as "4.2.1" (or "4.2.1 LTS") as 4_002_001 for comparisons.
+
+    Raises InvalidInput when version does not start with major.minor.
+    """
+    match = _BLENDER_VERSION_PREFIX.match(version) if isinstance(version, str) else None
+    if match is None:
+        raise InvalidInput(
+            f"Blender version {version!r} does not start with major.minor like '4.2'"
+        )
+    major, minor, patch = (int(part or 0) for part in match.groups())
+    return major * 1_000_000 + minor * 1000 + patch
+
+
+class FarmStore:
+    """Jobs, tasks, attempts, logs and workers in one SQLite database."""
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        path: str,
+        clock: Callable[[], float],
+        options: _Options,
+    ) -> None:
+        self._db = db
+        self._path = path
+        self._clock = clock
+        self._options = options
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        blocklist_threshold: int = DEFAULT_BLOCKLIST_THRESHOLD,
+        log_lines_per_task: int = DEFAULT_LOG_LINES_PER_TASK,
+        synchronous: str = "NORMAL",
+    ) -> FarmStore:
+        """Open or create the database at path and bring its schema up to date.
+
+        Raises ConfigError for a database written by a newer version and
+        InvalidInput for invalid options.
+        """
+        options = _Options(max_attempts, blocklist_threshold, log_lines_per_task)
+        _check_options(options, synchronous)
+        path_text = str(path)
+        db = await aiosqlite.connect(path_text, isolation_level=None)
+        try:
+            await _configure(db, path_text, synchronous.upper())
+            await migrate(db, path_text)
+        except BaseException:
+            await db.close()
+            raise
+        logger.info("opened farm database %s", path_text)
+        return cls(db, path_text, clock, options)
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._path
+
+    async def close(self) -> None:
+        """Close the database; the store cannot be used afterwards."""
+        async with self._lock:
+            await self._db.close()
+        logger.info("closed farm database %s", self._path)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await asyncio.shield(self._db.execute("ROLLBACK"))
+                raise
+            await self._db.execute("COMMIT")
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            yield self._db
+
+    # Jobs ------------------------------------------------------------------
+
+    async def submit_job(self, spec: JobSpec) -> str:
+        """Compile spec into tasks and store the job and its tasks; return the job id.
+
+        Raises FrameSpecError (nothing is stored) when the frames do not parse.
+        """
+        # A 1M-frame job takes seconds to compile; keep the event loop responsive.
+        # NOTE: such a job also holds the store lock for about 15 s while its tasks
+        # are inserted (2-core VM), so leases wait; typical jobs take milliseconds.
+        tasks = await asyncio.to_thread(compile_job, spec)
+        job_id = uuid.uuid4().hex
+        now = self._clock()
+        requirements = spec.requirements
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO jobs (id, name, job_type, status, priority, settings,"
+                " requirements, gpu_mode, gpu_mask, min_blender, needs_blender,"
+                " submitter_node, frames_total, created, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    spec.name,
+                    spec.job_type,
+                    JobStatus.QUEUED.value,
+                    spec.priority,
+                    _to_json(spec.settings),
+                    _to_json(requirements.to_dict()),
+                    requirements.gpu,
+                    gpu_mask(requirements.gpu_types) or _ANY_GPU_MASK,
+                    blender_number(requirements.min_blender)
+                    if requirements.min_blender
+                    else 0,
+                    int(spec.job_type == "blender-render"),
+                    spec.submitter_node,
+                    sum(len(task.frames) for task in tasks),
+                    now,
+                    now,
+                ),
+            )
+            await db.executemany(
+                "INSERT INTO tasks (id, job_id, idx, name, status, frames,"
+                " frame_count, payload, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_task_row(job_id, task, now) for task in tasks),
+            )
+        logger.info(
+            "job %s submitted: %r, %s, %d tasks, priority %d, from node %s",
+            job_id,
+            spec.name,
+            spec.job_type,
+            len(tasks),
+            spec.priority,
+            spec.submitter_node,
+        )
+        return job_id
+
+    async def get_job(self, job_id: str) -> JobView:
+        """Return the job; raises NotFound for an unknown id."""
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(f"{_JOB_SQL} WHERE id = ?", (job_id,))
+            if not rows:
+                raise NotFound(f"job {job_id!r} not found; list jobs to see the ids")
+            counts = await _task_counts(db, [job_id])
+        return _job_view(next(iter(rows)), counts.get(job_id, {}))
+
+    async def list_jobs(self, limit: int = 100) -> list[JobView]:
+        """Return up to limit jobs, newest first."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise InvalidInput(f"limit is {limit!r}; give an integer of at least 0")
+        async with self._reading() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    f"{_JOB_SQL} ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)
+                )
+            )
+            counts = await _task_counts(db, [row[0] for row in rows])
+        return [_job_view(row, counts.get(row[0], {})) for row in rows]
+
+    async def list_tasks(self, job_id: str) -> list[TaskView]:
+        """Return the job's tasks in dispatch order; NotFound for an unknown job."""
+        async with self._reading() as db:
+            await _require_job(db, job_id)
+            rows = await db.execute_fetchall(
+                f"{_TASK_SQL} WHERE job_id = ? ORDER BY idx", (job_id,)
+            )
+        return [_task_view(row) for row in rows]
+
+    async def cancel_job(self, job_id: str) -> list[Assignment]:
+        """Request cancellation and return the running attempts that must be stopped.
+
+        Tasks that wait to run are canceled at once. Without running attempts the
+        job is canceled at once; otherwise it stays cancel-requested until every
+        attempt is confirmed stopped or lost. Canceling a canceled or
+        cancel-requested job again is allowed; a completed or failed job raises
+        InvalidTransition.
+        """
+        async with self._transaction() as db:
+            status = await _require_job(db, job_id)
+            if status == JobStatus.CANCELED:
+                return []
+            if status != JobStatus.CANCEL_REQUESTED:
+                await self._set_job_status(
+                    db, job_id, status, JobStatus.CANCEL_REQUESTED
+                )
+                await self._cancel_waiting_tasks(db, job_id, "job canceled")
+            running = await _assignments(
+                db, "WHERE a.job_id = ? AND a.status = 'active'", (job_id,)
+            )
+            if not running:
+                await self._set_job_status(
+                    db, job_id, JobStatus.CANCEL_REQUESTED, JobStatus.CANCELED
+                )
+        logger.info(
+            "job %s cancel requested, %d attempts to stop", job_id, len(running)
+        )
+        return running
+
+    # Leasing ---------------------------------------------------------------
+
+    async def lease_task(self, worker: WorkerInfo) -> Assignment | None:
+        """Start a new attempt of the best task for worker, or return None.
+
+        Only queued or active jobs whose requirements the worker meets and that
+        have not blocklisted it are considered. Jobs sort by priority first. Among
+        equal priorities, a worker whose GPU matches takes GPU jobs first, while
+        other workers take GPU-preferring jobs last. Then older jobs go first, and
+        tasks go in index order.
+        """
+        blender = (
+            blender_number(worker.blender_version) if worker.blender_version else -1
+        )
+        params = {
+            "gpu_mask": worker.gpu_mask,
+            "blender": blender,
+            "worker_id": worker.worker_id,
+        }
+        async with self._reading() as db:
+            for _ in range(_LEASE_TRIES):
+                rows = await db.execute_fetchall(_LEASE_SQL, params)
+                if not rows:
+                    return None
+                candidate = _LeaseCandidate(*next(iter(rows)))
+                attempt_id = await self._start_attempt(db, candidate, worker)
+                if attempt_id is not None:
+                    break
+            else:
+                return None
+        logger.debug(
+            "attempt %s of task %s (job %s) leased to worker %s",
+            attempt_id,
+            candidate.task_id,
+            candidate.job_id,
+            worker.worker_id,
+        )
+        return Assignment(
+            job_id=candidate.job_id,
+            task_id=candidate.task_id,
+            attempt_id=attempt_id,
+            job_type=candidate.job_type,
+            frames=tuple(json.loads(candidate.frames)),
+            payload=json.loads(candidate.payload),
+            settings=json.loads(candidate.settings),
+            worker_id=worker.worker_id,
+            submitter_node=candidate.submitter_node,
+        )
+
+    async def _start_attempt(
+        self, db: aiosqlite.Connection, candidate: _LeaseCandidate, worker: WorkerInfo
+    ) -> str | None:
+        """Insert the attempt unless the task or job changed since the lease query.
+
+        One statement (with the attempts_lease trigger) keeps the lease atomic
+        without a BEGIN/COMMIT round trip. Returns the attempt id, or None.
+        """
+        check_task_transition(
+            candidate.task_id, candidate.task_status, TaskStatus.ACTIVE
+        )
+        if candidate.job_status == JobStatus.QUEUED:
+            check_job_transition(
+                candidate.job_id, candidate.job_status, JobStatus.ACTIVE
+            )
+        attempt_id = uuid.uuid4().hex
+        cursor = await db.execute(
+            _START_ATTEMPT_SQL,
+            (
+                attempt_id,
+                candidate.task_id,
+                candidate.job_id,
+                worker.worker_id,
+                worker.node_id,
+                self._clock(),
+                candidate.task_id,
+                candidate.task_status,
+                candidate.job_id,
+                candidate.job_status,
+            ),
+        )
+        if cursor.rowcount != 1:
+            return None
+        if candidate.job_status == JobStatus.QUEUED:
+            logger.info("job %s: queued -> active", candidate.job_id)
+        return attempt_id
+
+    async def active_attempts(self) -> list[Assignment]:
+        """Return every running attempt, oldest first."""
+        async with self._reading() as db:
+            return await _assignments(
+                db, "WHERE a.status = 'active' ORDER BY a.started, a.rowid", ()
+            )
+
+    # Attempt results -------------------------------------------------------
+
+    async def complete_attempt(
+        self, attempt_id: str, outputs: list[dict[str, Any]]
+    ) -> TaskView:
+        """Record a finished attempt and its output files; the task completes.
+
+        outputs contains {"frame", "name", "sha256", "size"} per file, for frames of
+        the task. Raises StaleAttempt when the attempt is no longer the task's
+        running attempt, NotFound for an unknown id, InvalidInput for bad outputs.
+        """
+        records = _check_outputs(attempt_id, outputs)
+        now = self._clock()
+        async with self._transaction() as db:
+            state = await self._running_attempt(db, attempt_id)
+            frames = set(state.frames)
+            stray = sorted({r["frame"] for r in records} - frames)
+            if stray:
+                raise InvalidInput(
+                    f"outputs of attempt {attempt_id} name frames {stray} that task "
+                    f"{state.task_id} does not render"
+                )
+            await self._end_attempt(db, state, AttemptStatus.COMPLETED, None, now)
+            check_task_transition(
+                state.task_id, state.task_status, TaskStatus.COMPLETED
+            )
+            await db.execute(
+                "UPDATE tasks SET status = 'completed', outputs = ?, progress = 1,"
+                " error = NULL, updated = ? WHERE id = ?",
+                (_to_json(records), now, state.task_id),
+            )
+            await self._settle_job(db, state.job_id, state.job_status)
+            view = await _fetch_task(db, state.task_id)
+        logger.info(
+            "attempt %s of task %s (job %s) completed by worker %s with %d outputs",
+            attempt_id,
+            state.task_id,
+            state.job_id,
+            state.worker_id,
+            len(records),
+        )
+        return view
+
+    async def fail_attempt(self, attempt_id: str, error: str) -> TaskView:
+        """Record a failed attempt.
+
+        The task runs again (soft-failed) until it has failed max_attempts times.
+        Then the task and its job fail and the job's waiting tasks are canceled.
+        Attempts of the job that still run are left alone: their results are
+        accepted, or the caller stops them and confirms with cancel_attempt_done.
+        A worker that failed blocklist_threshold attempts of a job is blocklisted
+        for that job. Raises StaleAttempt or NotFound like complete_attempt.
+        """
+        now = self._clock()
+        async with self._transaction() as db:
+            state = await self._running_attempt(db, attempt_id)
+            await self._end_attempt(db, state, AttemptStatus.FAILED, error, now)
+            if state.job_status in _STOPPING_JOB_STATUSES:
+                await self._stop_task(db, state, TaskStatus.CANCELED, now)
+                await self._settle_job(db, state.job_id, state.job_status)
+            else:
+                await self._record_failure(db, state, error, now)
+            await self._maybe_blocklist(db, state, now)
+            view = await _fetch_task(db, state.task_id)
+        logger.warning(
+            "attempt %s of task %s (job %s) failed on worker %s: %s",
+            attempt_id,
+            state.task_id,
+            state.job_id,
+            state.worker_id,
+            error,
+        )
+        return view
+
+    async def cancel_attempt_done(self, attempt_id: str) -> TaskView:
+        """Record that a worker stopped an attempt on request; the task is canceled.
+
+        Allowed only while the job is cancel-requested or failed; raises
+        StateError otherwise, and StaleAttempt or NotFound like complete_attempt.
+        """
+        now = self._clock()
+        async with self._transaction() as db:
+            state = await self._running_attempt(db, attempt_id)
+            if state.job_status not in _STOPPING_JOB_STATUSES:
+                raise StateError(
+                    f"attempt {attempt_id} of job {state.job_id} was not asked to "
+                    f"stop (job is {state.job_status}); report its result with "
+                    "complete_attempt or fail_attempt"
+                )
+            await self._end_attempt(db, state, AttemptStatus.CANCELED, None, now)
+            await self._stop_task(db, state, TaskStatus.CANCELED, now)
+            await self._settle_job(db, state.job_id, state.job_status)
+            view = await _fetch_task(db, state.task_id)
+        logger.info(
+            "attempt %s of task %s (job %s) stopped by worker %s",
+            attempt_id,
+            state.task_id,
+            state.job_id,
+            state.worker_id,
+        )
+        return view
+
+    async def requeue_worker(self, worker_id: str, reason: str) -> list[str]:
+        """Mark the worker's running attempts lost and queue their tasks again.
+
+        Returns the ids of the requeued tasks. Tasks of jobs that are being
+        canceled or have failed are canceled instead, which may finish a cancel.
+        """
+        now = self._clock()
+        requeued: list[str] = []
+        async with self._transaction() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT id FROM attempts WHERE worker_id = ? AND status = 'active'",
+                    (worker_id,),
+                )
+            )
+            for (attempt_id,) in rows:
+                state = await self._attempt_state(db, attempt_id)
+                await self._end_attempt(db, state, AttemptStatus.LOST, reason, now)
+                if state.job_status in _STOPPING_JOB_STATUSES:
+                    await self._stop_task(db, state, TaskStatus.CANCELED, now)
+                    await self._settle_job(db, state.job_id, state.job_status)
+                else:
+                    await self._stop_task(db, state, TaskStatus.QUEUED, now)
+                    requeued.append(state.task_id)
+        if rows:
+            logger.warning(
+                "worker %s lost (%s): %d attempts lost, tasks requeued: %s",
+                worker_id,
+                reason,
+                len(rows),
+                ", ".join(requeued) or "none",
+            )
+        return requeued
+
+    # Logs and progress -----------------------------------------------------
+
+    async def add_log(self, attempt_id: str, lines: list[str]) -> None:
+        """Append log lines of an attempt to its task's log, keeping the newest lines.
+
+        Lines of attempts that already ended are kept too. Raises NotFound for an
+        unknown attempt.
+        """
+        keep = self._options.log_lines_per_task
+        now = self._clock()
+        cut = [str(line)[:MAX_LOG_LINE_CHARS] for line in lines][-keep:]
+        if not cut:
+            return
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                "SELECT task_id FROM attempts WHERE id = ?", (attempt_id,)
+            )
+            if not rows:
+                raise NotFound(f"attempt {attempt_id!r} not found")
+            task_id: str = next(iter(rows))[0]
+            await db.executemany(
+                "INSERT INTO task_logs (task_id, attempt_id, created, line)"
+                " VALUES (?, ?, ?, ?)",
+                ((task_id, attempt_id, now, line) for line in cut),
+            )
+            await db.execute(
+                "DELETE FROM task_logs WHERE task_id = ? AND id <= ("
+                " SELECT id FROM task_logs WHERE task_id = ?"
+                " ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (task_id, task_id, keep),
+            )
+
+    async def task_log(self, task_id: str) -> list[str]:
+        """Return the kept log lines of a task, oldest first."""
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                "SELECT line FROM task_logs WHERE task_id = ? ORDER BY id", (task_id,)
+            )
+        return [row[0] for row in rows]
+
+    async def record_progress(self, attempt_id: str, progress: float) -> None:
+        """Store progress (0 to 1) of a running attempt.
+
+        Raises InvalidInput for other values and StaleAttempt or NotFound like
+        complete_attempt.
+        """
+        if (
+            not isinstance(progress, int | float)
+            or isinstance(progress, bool)
+            or not math.isfinite(progress)
+            or not 0 <= progress <= 1
+        ):
+            raise InvalidInput(
+                f"progress of attempt {attempt_id} is {progress!r}; give 0 to 1"
+            )
+        async with self._transaction() as db:
+            state = await self._running_attempt(db, attempt_id)
+            await db.execute(
+                "UPDATE attempts SET progress = ? WHERE id = ?", (progress, attempt_id)
+            )
+            await db.execute(
+                "UPDATE tasks SET progress = ? WHERE id = ?", (progress, state.task_id)
+            )
+
+    # Workers ---------------------------------------------------------------
+
+    async def upsert_worker(self, worker: WorkerInfo, status: str) -> None:
+        """Insert or update a worker's record and set its last-seen time to now."""
+        if not isinstance(status, str) or not status:
+            raise InvalidInput(
+                f"status of worker {worker.worker_id} is {status!r}; give a word "
+                "such as 'idle' or 'busy'"
+            )
+        now = self._clock()
+        capabilities = {
+            "cpu_cores": worker.cpu_cores,
+            "gpu_types": list(worker.gpu_types),
+            "blender_version": worker.blender_version,
+            "tags": list(worker.tags),
+        }
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO workers (worker_id, node_id, site, cpu_cores, gpu_types,"
+                " blender_version, tags, capabilities, status, first_seen, last_seen)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (worker_id) DO UPDATE SET node_id = excluded.node_id,"
+                " site = excluded.site, cpu_cores = excluded.cpu_cores,"
+                " gpu_types = excluded.gpu_types,"
+                " blender_version = excluded.blender_version, tags = excluded.tags,"
+                " capabilities = excluded.capabilities, status = excluded.status,"
+                " last_seen = excluded.last_seen",
+                (
+                    worker.worker_id,
+                    worker.node_id,
+                    worker.site,
+                    worker.cpu_cores,
+                    _to_json(list(worker.gpu_types)),
+                    worker.blender_version,
+                    _to_json(list(worker.tags)),
+                    _to_json(capabilities),
+                    status,
+                    now,
+                    now,
+                ),
+            )
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """Return every known worker as a plain dict, ordered by worker id."""
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                "SELECT worker_id, node_id, site, cpu_cores, gpu_types,"
+                " blender_version, tags, capabilities, status, first_seen, last_seen"
+                " FROM workers ORDER BY worker_id"
+            )
+        return [
+            {
+                "worker_id": row[0],
+                "node_id": row[1],
+                "site": row[2],
+                "cpu_cores": row[3],
+                "gpu_types": json.loads(row[4]),
+                "blender_version": row[5],
+                "tags": json.loads(row[6]),
+                "capabilities": json.loads(row[7]),
+                "status": row[8],
+                "first_seen": row[9],
+                "last_seen": row[10],
+            }
+            for row in rows
+        ]
+
+    async def job_blocklist(self, job_id: str) -> list[str]:
+        """Return the ids of the workers that the job no longer gives tasks to."""
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                "SELECT worker_id FROM job_blocklist WHERE job_id = ? ORDER BY created",
+                (job_id,),
+            )
+        return [row[0] for row in rows]
+
+    # Internals -------------------------------------------------------------
+
+    async def _attempt_state(
+        self, db: aiosqlite.Connection, attempt_id: str
+    ) -> _AttemptState:
+        rows = await db.execute_fetchall(_ATTEMPT_STATE_SQL, (attempt_id,))
+        if not rows:
+            raise NotFound(f"attempt {attempt_id!r} not found")
+        row = next(iter(rows))
+        return _AttemptState(
+            attempt_id, row[0], row[1], row[2], row[3], row[4], row[5], row[6],
+            tuple(json.loads(row[7])), row[8], row[9],
+        )  # fmt: skip
+
+    async def _running_attempt(
+        self, db: aiosqlite.Connection, attempt_id: str
+    ) -> _AttemptState:
+        state = await self._attempt_state(db, attempt_id)
+        current = state.current_attempt == attempt_id
+        if state.attempt_status != AttemptStatus.ACTIVE or not current:
+            raise StaleAttempt(
+                f"attempt {attempt_id} of task {state.task_id} is "
+                f"{state.attempt_status} and not the task's running attempt; "
+                "drop its result"
+            )
+        return state
+
+    async def _end_attempt(
+        self,
+        db: aiosqlite.Connection,
+        state: _AttemptState,
+        status: AttemptStatus,
+        error: str | None,
+        now: float,
+    ) -> None:
+        check_attempt_transition(state.attempt_id, state.attempt_status, status)
+        await db.execute(
+            "UPDATE attempts SET status = ?, error = ?, ended = ? WHERE id = ?",
+            (status.value, error, now, state.attempt_id),
+        )
+
+    async def _stop_task(
+        self,
+        db: aiosqlite.Connection,
+        state: _AttemptState,
+        status: TaskStatus,
+        now: float,
+    ) -> None:
+        """Move a running task to queued (run again) or canceled."""
+        check_task_transition(state.task_id, state.task_status, status)
+        keep_attempt = status == TaskStatus.CANCELED
+        await db.execute(
+            "UPDATE tasks SET status = ?, progress = 0, updated = ?,"
+            " current_attempt = CASE WHEN ? THEN current_attempt END,"
+            " worker_id = CASE WHEN ? THEN worker_id END WHERE id = ?",
+            (status.value, now, keep_attempt, keep_attempt, state.task_id),
+        )
+
+    async def _record_failure(
+        self, db: aiosqlite.Connection, state: _AttemptState, error: str, now: float
+    ) -> None:
+        failures = state.failures + 1
+        if failures < self._options.max_attempts:
+            check_task_transition(
+                state.task_id, state.task_status, TaskStatus.SOFT_FAILED
+            )
+            await db.execute(
+                "UPDATE tasks SET status = 'soft-failed', failures = ?, error = ?,"
+                " progress = 0, current_attempt = NULL, worker_id = NULL,"
+                " updated = ? WHERE id = ?",
+                (failures, error, now, state.task_id),
+            )
+            return
+        check_task_transition(state.task_id, state.task_status, TaskStatus.FAILED)
+        await db.execute(
+            "UPDATE tasks SET status = 'failed', failures = ?, error = ?, updated = ?"
+            " WHERE id = ?",
+            (failures, error, now, state.task_id),
+        )
+        job_error = f"task {state.task_name!r} failed {failures} times: {error}"
+        await self._set_job_status(
+            db, state.job_id, state.job_status, JobStatus.FAILED, job_error
+        )
+        await self._cancel_waiting_tasks(db, state.job_id, "job failed")
+
+    async def _maybe_blocklist(
+        self, db: aiosqlite.Connection, state: _AttemptState, now: float
+    ) -> None:
+        rows = await db.execute_fetchall(
+            "SELECT COUNT(*) FROM attempts"
+            " WHERE job_id = ? AND worker_id = ? AND status = 'failed'",
+            (state.job_id, state.worker_id),
+        )
+        failed: int = next(iter(rows))[0]
+        if failed < self._options.blocklist_threshold:
+            return
+        # NOTE: a job that blocklisted every worker waits forever; nothing fails it.
+        cursor = await db.execute(
+            "INSERT OR IGNORE INTO job_blocklist (job_id, worker_id, reason, created)"
+            " VALUES (?, ?, ?, ?)",
+            (state.job_id, state.worker_id, f"{failed} failed attempts", now),
+        )
+        if cursor.rowcount:
+            logger.warning(
+                "job %s blocklisted worker %s after %d failed attempts",
+                state.job_id,
+                state.worker_id,
+                failed,
+            )
+
+    async def _cancel_waiting_tasks(
+        self, db: aiosqlite.Connection, job_id: str, reason: str
+    ) -> None:
+        """Cancel the job's tasks that wait to run (queued, soft-failed, paused)."""
+        waiting = [*RUNNABLE_TASK_STATUSES, TaskStatus.PAUSED]
+        for status in waiting:
+            check_task_transition(
+                f"(tasks of job {job_id})", status, TaskStatus.CANCELED
+            )
+        where = f"job_id = ? AND status IN {_placeholders(len(waiting))}"
+        await db.execute(
+            "UPDATE tasks SET status = 'canceled', error = COALESCE(error, ?),"  # noqa: S608
+            " updated = ? WHERE " + where,
+            (reason, self._clock(), job_id, *(status.value for status in waiting)),
+        )
+
+    async def _settle_job(
+        self, db: aiosqlite.Connection, job_id: str, job_status: str
+    ) -> None:
+        """Move the job to the status that its tasks now imply, if any."""
+        if job_status == JobStatus.CANCEL_REQUESTED:
+            if not await _has_tasks(db, job_id, [TaskStatus.ACTIVE]):
+                await self._set_job_status(db, job_id, job_status, JobStatus.CANCELED)
+            return
+        if job_status not in (JobStatus.ACTIVE, JobStatus.PAUSE_REQUESTED):
+            return
+        unfinished = [status for status in TaskStatus if status != TaskStatus.COMPLETED]
+        if not await _has_tasks(db, job_id, unfinished):
+            await self._set_job_status(db, job_id, job_status, JobStatus.COMPLETED)
+        elif job_status == JobStatus.PAUSE_REQUESTED and not await _has_tasks(
+            db, job_id, [TaskStatus.ACTIVE]
+        ):
+            await self._set_job_status(db, job_id, job_status, JobStatus.PAUSED)
+
+    async def _set_job_status(
+        self,
+        db: aiosqlite.Connection,
+        job_id: str,
+        current: str,
+        new: JobStatus,
+        error: str | None = None,
+    ) -> None:
+        check_job_transition(job_id, current, new)
+        await db.execute(
+            "UPDATE jobs SET status = ?, updated = ?, error = COALESCE(?, error)"
+            " WHERE id = ?",
+            (new.value, self._clock(), error, job_id),
+        )
+        logger.info("job %s: %s -> %s", job_id, current, new.value)
+
+
+_STOPPING_JOB_STATUSES = frozenset({JobStatus.CANCEL_REQUESTED, JobStatus.FAILED})
+
+
+async def _configure(db: aiosqlite.Connection, path: str, synchronous: str) -> None:
+    await db.execute("PRAGMA foreign_keys = ON")
+    await db.execute("PRAGMA busy_timeout = 5000")
+    rows = await db.execute_fetchall("PRAGMA journal_mode = WAL")
+    mode = next(iter(rows))[0]
+    if mode != "wal":
+        # In-memory databases cannot use WAL; they have no durability anyway.
+        logger.warning("farm database %s uses journal mode %s, not WAL", path, mode)
+    await db.execute(f"PRAGMA synchronous = {synchronous}")
+
+
+def _check_options(options: _Options, synchronous: str) -> None:
+    for name in ("max_attempts", "blocklist_threshold", "log_lines_per_task"):
+        value = getattr(options, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidInput(f"{name} is {value!r}; give an integer of at least 1")
+    if (
+        not isinstance(synchronous, str)
+        or synchronous.upper() not in _SYNCHRONOUS_MODES
+    ):
+        modes = ", ".join(_SYNCHRONOUS_MODES)
+        raise InvalidInput(f"synchronous is {synchronous!r}; use one of {modes}")
+
+
+def _check_outputs(attempt_id: str, outputs: Sequence[Any]) -> list[dict[str, Any]]:
+    if not isinstance(outputs, list | tuple):
+        raise InvalidInput(
+            f"outputs of attempt {attempt_id} is {outputs!r}; give a list of records"
+        )
+    return [_check_output(attempt_id, output) for output in outputs]
+
+
+def _check_output(attempt_id: str, output: Any) -> dict[str, Any]:
+    expected = "{'frame': int, 'name': str, 'sha256': 64 hex digits, 'size': int}"
+    if not isinstance(output, dict) or set(output) != {
+        "frame",
+        "name",
+        "sha256",
+        "size",
+    }:
+        raise InvalidInput(
+            f"output {output!r} of attempt {attempt_id} is invalid; give {expected}"
+        )
+    frame, name, sha256, size = (output[k] for k in ("frame", "name", "sha256", "size"))
+    valid = (
+        isinstance(frame, int)
+        and not isinstance(frame, bool)
+        and isinstance(name, str)
+        and bool(name)
+        and isinstance(sha256, str)
+        and _SHA256.fullmatch(sha256) is not None
+        and isinstance(size, int)
+        and not isinstance(size, bool)
+        and size >= 0
+    )
+    if not valid:
+        raise InvalidInput(
+            f"output {output!r} of attempt {attempt_id} is invalid; give {expected}"
+        )
+    return {"frame": frame, "name": name, "sha256": sha256, "size": size}
+
+
+async def _require_job(db: aiosqlite.Connection, job_id: str) -> str:
+    rows = await db.execute_fetchall("SELECT status FROM jobs WHERE id = ?", (job_id,))
+    if not rows:
+        raise NotFound(f"job {job_id!r} not found; list jobs to see the ids")
+    status: str = next(iter(rows))[0]
+    return status
+
+
+async def _has_tasks(
+    db: aiosqlite.Connection, job_id: str, statuses: Sequence[TaskStatus]
+) -> bool:
+    where = f"job_id = ? AND status IN {_placeholders(len(statuses))}"
+    rows = await db.execute_fetchall(
+        "SELECT 1 FROM tasks WHERE " + where + " LIMIT 1",  # noqa: S608
+        (job_id, *(status.value for status in statuses)),
+    )
+    return bool(rows)
+
+
+async def _task_counts(
+    db: aiosqlite.Connection, job_ids: Sequence[str]
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """Return {job id: {status: (tasks, frames)}} for the given jobs."""
+    if not job_ids:
+        return {}
+    where = f"job_id IN {_placeholders(len(job_ids))}"
+    rows = await db.execute_fetchall(
+        "SELECT job_id, status, COUNT(*), SUM(frame_count) FROM tasks WHERE "  # noqa: S608
+        + where
+        + " GROUP BY job_id, status",
+        tuple(job_ids),
+    )
+    counts: dict[str, dict[str, tuple[int, int]]] = {}
+    for job_id, status, tasks, frames in rows:
+        counts.setdefault(job_id, {})[status] = (tasks, frames or 0)
+    return counts
+
+
+async def _fetch_task(db: aiosqlite.Connection, task_id: str) -> TaskView:
+    rows = await db.execute_fetchall(f"{_TASK_SQL} WHERE id = ?", (task_id,))
+    return _task_view(next(iter(rows)))
+
+
+async def _assignments(
+    db: aiosqlite.Connection, where: str, params: tuple[Any, ...]
+) -> list[Assignment]:
+    rows = await db.execute_fetchall(f"{_ASSIGNMENT_SQL} {where}", params)
+    return [
+        Assignment(
+            job_id=row[0],
+            task_id=row[1],
+            attempt_id=row[2],
+            job_type=row[3],
+            frames=tuple(json.loads(row[4])),
+            payload=json.loads(row[5]),
+            settings=json.loads(row[6]),
+            worker_id=row[7],
+            submitter_node=row[8],
+        )
+        for row in rows
+    ]
+
+
+def _job_view(row: Any, counts: dict[str, tuple[int, int]]) -> JobView:
+    task_counts = {
+        status.value: counts.get(status.value, (0, 0))[0] for status in TaskStatus
+    }
+    return JobView(
+        id=row[0],
+        name=row[1],
+        status=JobStatus(row[2]),
+        priority=row[3],
+        job_type=row[4],
+        settings=json.loads(row[5]),
+        requirements=Requirements.from_dict(json.loads(row[6])),
+        created=row[7],
+        updated=row[8],
+        task_counts=task_counts,
+        frames_total=row[9],
+        frames_done=counts.get(TaskStatus.COMPLETED.value, (0, 0))[1],
+        submitter_node=row[10],
+        error=row[11],
+    )
+
+
+def _task_view(row: Any) -> TaskView:
+    return TaskView(
+        id=row[0],
+        job_id=row[1],
+        index=row[2],
+        name=row[3],
+        status=TaskStatus(row[4]),
+        frames=tuple(json.loads(row[5])),
+        attempt_id=row[6],
+        worker_id=row[7],
+        attempts=row[8],
+        error=row[9],
+        outputs=json.loads(row[10]),
+        progress=row[11],
+        failures=row[12],
+    )
+
+
+def _task_row(job_id: str, task: TaskSpec, now: float) -> tuple[Any, ...]:
+    # Ids that grow with the index append to the primary key B-tree in order,
+    # which makes inserting a million tasks several times faster than random ids.
+    return (
+        f"{job_id}-{task.index:07d}",
+        job_id,
+        task.index,
+        task.name,
+        TaskStatus.QUEUED.value,
+        json.dumps(task.frames),
+        len(task.frames),
+        _to_json(task.payload),
+        now,
+    )
+
+
+def _placeholders(count: int) -> str:
+    """Return "(?, ?, ...)"; SQL text never contains values, only placeholders."""
+    return "(" + ", ".join("?" * count) + ")"
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

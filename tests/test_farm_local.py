@@ -1,0 +1,220 @@
+"""Whole farms of real daemons on loopback, running sleep jobs (no Blender needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from farm import LocalFarm
+from flamenco_p2p.transport import RemoteError
+
+pytestmark = pytest.mark.slow
+
+
+def sleep_job(tasks: int, duration: float, **extra: Any) -> dict[str, Any]:
+    requirements = extra.pop("requirements", {"gpu": "none", "gpu_types": [], "min_blender": None})
+    return {
+        "name": extra.pop("name", "sleepy"),
+        "job_type": "sleep",
+        "priority": extra.pop("priority", 50),
+        "settings": {"tasks": tasks, "duration": duration, **extra},
+        "requirements": requirements,
+    }
+
+
+async def submit(farm: LocalFarm, job: dict[str, Any], via: int = 0) -> str:
+    result = await farm.call(via, "client_submit", {"job": job, "blend_path": None})
+    job_id: str = result["job_id"]
+    return job_id
+
+
+def node_of(task: dict[str, Any]) -> str:
+    return str(task["worker_id"]).split(".")[0]
+
+
+async def test_farm_elects_once_and_runs_job(tmp_path: Path) -> None:
+    with LocalFarm(tmp_path, 3) as farm:
+        status = await farm.wait_for_roles()
+        views = [await farm.call(i, "client_status", {}) for i in range(3)]
+        roles = [v["roles"] for v in views]
+        assert roles[0] == roles[1] == roles[2], farm.logs()
+        holders = [n for n in status["nodes"] if n["roles"]]
+        assert len({r["role"] for n in holders for r in n["roles"]}) == 2
+        server_holders = [n for n in status["nodes"] if any(r["role"] == "server" for r in n["roles"])]
+        assert len(server_holders) == 1
+        job_id = await submit(farm, sleep_job(9, 0.3))
+        view = await farm.wait_for_job(job_id)
+        assert view["job"]["status"] == "completed", farm.logs()
+        assert all(t["status"] == "completed" for t in view["tasks"])
+        assert len({node_of(t) for t in view["tasks"]}) == 3, view["tasks"]
+
+
+async def test_farm_forms_through_seeds_without_mdns(tmp_path: Path) -> None:
+    with LocalFarm(tmp_path, 3, mdns=False) as farm:
+        status = await farm.wait_for_roles()
+        assert len(status["nodes"]) == 3
+        job_id = await submit(farm, sleep_job(3, 0.1))
+        assert (await farm.wait_for_job(job_id))["job"]["status"] == "completed"
+
+
+async def test_farm_requeues_task_of_killed_worker(tmp_path: Path) -> None:
+    # Only node 0 may hold roles, so killing node 1 or 2 kills a plain worker.
+    roles = "[roles]\nmanager = false\nserver = false\n"
+    with LocalFarm(tmp_path, 3, per_node_config={1: roles, 2: roles}) as farm:
+        await farm.wait_for_roles()
+        job_id = await submit(farm, sleep_job(6, 2.0))
+        victim = None
+        deadline = time.monotonic() + 20
+        while victim is None and time.monotonic() < deadline:
+            view = await farm.call(0, "client_job", {"job_id": job_id})
+            for task in view["tasks"]:
+                if task["status"] == "active" and not node_of(task).startswith(_node_id(farm, 0)[:8]):
+                    victim = next(
+                        n.index for n in farm.nodes if _node_id(farm, n.index) == node_of(task)
+                    )
+            await asyncio.sleep(0.1)
+        assert victim is not None, "no task started on a worker-only node"
+        farm.kill(victim)
+        view = await farm.wait_for_job(job_id, timeout=60)
+        assert view["job"]["status"] == "completed", farm.logs()
+        statuses = Counter(t["status"] for t in view["tasks"])
+        assert statuses == {"completed": 6}
+        victim_id = _node_id(farm, victim)
+        retried = [t for t in view["tasks"] if t["attempts"] > 1]
+        assert retried, "the killed worker's task was not rendered again"
+        assert all(node_of(t) != victim_id for t in retried)
+
+
+async def test_farm_cancel_stops_tasks_and_next_job_runs(tmp_path: Path) -> None:
+    with LocalFarm(tmp_path, 2) as farm:
+        await farm.wait_for_roles()
+        job_id = await submit(farm, sleep_job(4, 30.0))
+        await _wait_active(farm, job_id, 2)
+        started = time.monotonic()
+        await farm.call(0, "client_cancel", {"job_id": job_id})
+        view = await farm.wait_for_job(job_id, timeout=10)
+        assert time.monotonic() - started < 10
+        assert view["job"]["status"] == "canceled", farm.logs()
+        assert {t["status"] for t in view["tasks"]} == {"canceled"}
+        next_id = await submit(farm, sleep_job(2, 0.1))
+        view = await farm.wait_for_job(next_id, timeout=20)
+        assert view["job"]["status"] == "completed", farm.logs()
+
+
+async def test_farm_gpu_job_goes_only_to_gpu_worker(tmp_path: Path) -> None:
+    # This machine has no GPU: node 0 claims CUDA through its config, which is
+    # what the matching reads, and sleep tasks stand in for GPU renders.
+    gpu = '[capabilities]\ngpu_types = ["CUDA"]\nblender_version = "5.0.1"\n'
+    with LocalFarm(tmp_path, 3, per_node_config={0: gpu}) as farm:
+        await farm.wait_for_roles()
+        requirements = {"gpu": "require", "gpu_types": [], "min_blender": None}
+        job_id = await submit(farm, sleep_job(6, 0.1, requirements=requirements))
+        view = await farm.wait_for_job(job_id)
+        assert view["job"]["status"] == "completed", farm.logs()
+        assert {node_of(t) for t in view["tasks"]} == {_node_id(farm, 0)}
+
+
+async def test_farm_survives_garbage_on_role_ports(tmp_path: Path) -> None:
+    with LocalFarm(tmp_path, 2) as farm:
+        status = await farm.wait_for_roles()
+        addresses = {n["node_id"]: n["address"] for n in status["nodes"]}
+        manager = addresses[status["roles"]["manager:lab"]["holder"]]
+        server = addresses[status["roles"]["server"]["holder"]]
+        for address, port in ((manager, 7777), (server, 9999), (manager, 7776)):
+            _send_raw(address, port, os.urandom(4096))
+            # A ZMTP greeting followed by a frame header announcing 2**62 bytes.
+            _send_raw(address, port, _zmtp_greeting() + b"\x02" + (2**62).to_bytes(8, "big"))
+        await _send_zmq_garbage(f"tcp://{manager}:7777")
+        job_id = await submit(farm, sleep_job(4, 0.1))
+        view = await farm.wait_for_job(job_id)
+        assert view["job"]["status"] == "completed", farm.logs()
+        logs = farm.logs()
+        assert "dropped invalid message" in logs
+        assert "Traceback" not in logs
+
+
+async def test_farm_sigterm_leaves_cleanly(tmp_path: Path) -> None:
+    with LocalFarm(tmp_path, 3) as farm:
+        status = await farm.wait_for_roles()
+        manager_id = status["roles"]["manager:lab"]["holder"]
+        manager_epoch = status["roles"]["manager:lab"]["epoch"]
+        index = next(n.index for n in farm.nodes if _node_id(farm, n.index) == manager_id)
+        farm.kill(index, signal.SIGTERM)
+        assert farm.nodes[index].process is not None
+        assert farm.nodes[index].process.returncode == 0
+        assert "stopping: received SIGTERM" in farm.nodes[index].log_text()
+        via = next(i for i in range(3) if i != index)
+        deadline = time.monotonic() + 15
+        while True:
+            view = await farm.call(via, "client_status", {})
+            holder = view["roles"].get("manager:lab")
+            states = {n["node_id"]: n["state"] for n in view["nodes"]}
+            if holder and holder["holder"] != manager_id:
+                break
+            assert time.monotonic() < deadline, view
+            await asyncio.sleep(0.2)
+        assert states[manager_id] == "left"
+        assert holder["epoch"] > manager_epoch
+
+
+async def test_farm_rejects_bad_job(tmp_path: Path) -> None:
+    with LocalFarm(tmp_path, 1) as farm:
+        await farm.wait_for_roles()
+        with pytest.raises(RemoteError) as caught:
+            await submit(farm, sleep_job(0, 0.1))
+        assert "tasks" in str(caught.value)
+        status = await farm.call(0, "client_status", {})
+        assert status["jobs"] == []
+
+
+def _node_id(farm: LocalFarm, index: int) -> str:
+    return (farm.nodes[index].data_dir / "node-id").read_text().strip()
+
+
+async def _wait_active(farm: LocalFarm, job_id: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        view = await farm.call(0, "client_job", {"job_id": job_id})
+        if sum(t["status"] == "active" for t in view["tasks"]) >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"fewer than {count} tasks became active: {view}")
+
+
+def _zmtp_greeting() -> bytes:
+    return b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL" + b"\x00" * 16 + b"\x00" + b"\x00" * 31
+
+
+def _send_raw(address: str, port: int, data: bytes) -> None:
+    with socket.create_connection((address, port), timeout=5) as sock:
+        try:
+            sock.sendall(data)
+            sock.settimeout(0.5)
+            sock.recv(1024)
+        except OSError:
+            pass
+
+
+async def _send_zmq_garbage(endpoint: str) -> None:
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        for payload in (b"\x00", b"\xc1", b"\xdf\xff\xff\xff\xff", os.urandom(64)):
+            await sock.send(payload)
+        await sock.send_multipart([b"a", b"b", b"c"])
+        await asyncio.sleep(0.3)
+    finally:
+        sock.close(0)
+        ctx.term()
