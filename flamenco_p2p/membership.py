@@ -141,6 +141,9 @@ class Membership:
                 info.node_port,
             )
             return True
+        if record.left and record.info.started == info.started:
+            # A heartbeat that overtook the goodbye of the same run of the node.
+            return False
         came_back = record.left or self.state(info.node_id, now) is PeerState.DEAD
         record.info = info
         record.last_heard = now

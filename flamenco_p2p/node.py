@@ -26,7 +26,7 @@ from flamenco_p2p.election import (
     StepDown,
     manager_role,
 )
-from flamenco_p2p.errors import FarmUnavailable, ProtocolError
+from flamenco_p2p.errors import FarmUnavailable, ProtocolError, StateError
 from flamenco_p2p.membership import Membership, NodeInfo, Rank
 from flamenco_p2p.node_client import ClientService
 from flamenco_p2p.protocol.messages import Message
@@ -96,6 +96,8 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._vote_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._advert_dirty = False
+        self._advert_task: asyncio.Task[None] | None = None
 
     # Lifecycle -----------------------------------------------------------------
 
@@ -147,6 +149,10 @@ class Node:
         await asyncio.sleep(0.05)
         if self.worker is not None:
             await self.worker.close()
+        if self._advert_task is not None:
+            self._advert_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._advert_task
         if self.discovery is not None:
             await self.discovery.stop()
         await self.client.close()
@@ -364,6 +370,8 @@ class Node:
         await self._run_actions(actions)
 
     async def _run_actions(self, actions: list[Action]) -> None:
+        if self._stopping:
+            return
         for action in actions:
             if isinstance(action, RequestVotes):
                 self._request_votes(action)
@@ -425,11 +433,15 @@ class Node:
             self.election.held.pop(action.role, None)
             await self._step_down(StepDown(action.role, action.epoch, str(exc)))
             return
-        await self._update_advert()
+        if self._stopping:
+            # stop() began while the role was starting, after it resigned roles.
+            await self._step_down(StepDown(action.role, action.epoch, "node is stopping"))
+            return
         # Tell peers at once instead of at the next heartbeat.
         body = self._heartbeat_body(self.clock())
         for endpoint in list(self.contacts):
             self._link(endpoint).send_nowait("heartbeat", body)
+        self._update_advert()
 
     async def _start_server(self, epoch: int) -> None:
         store = await FarmStore.open(self.config.database_path)
@@ -470,8 +482,7 @@ class Node:
         elif action.role != SERVER_ROLE and self.manager_role is not None:
             manager, self.manager_role = self.manager_role, None
             await manager.close()
-        if not self._stopping:
-            await self._update_advert()
+        self._update_advert()
 
     async def _holder_changed(self, role: str) -> None:
         now = self.clock()
@@ -497,13 +508,21 @@ class Node:
         port = info.server_port if role == SERVER_ROLE else info.manager_port
         return f"tcp://{info.address}:{port}"
 
-    async def _update_advert(self) -> None:
-        if self.discovery is None:
+    def _update_advert(self) -> None:
+        """Republish the mDNS advert in the background; updates coalesce."""
+        if self.discovery is None or self._stopping:
             return
-        try:
-            await self.discovery.update(self._advert())
-        except (OSError, ValueError) as exc:
-            logger.warning("mDNS advert update failed: %s", exc)
+        self._advert_dirty = True
+        if self._advert_task is None or self._advert_task.done():
+            self._advert_task = asyncio.create_task(self._publish_advert())
+
+    async def _publish_advert(self) -> None:
+        while self._advert_dirty and not self._stopping and self.discovery is not None:
+            self._advert_dirty = False
+            try:
+                await self.discovery.update(self._advert())
+            except (OSError, ValueError, StateError) as exc:
+                logger.warning("mDNS advert update failed: %s", exc)
 
     # Node port -----------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +35,7 @@ class OutputWriter:
     sha256: str
     size: int
     received: int = 0
-
-    def __post_init__(self) -> None:
-        self.digest = hashlib.sha256()
+    digest: Any = field(default_factory=hashlib.sha256)
 
 
 class ClientService:
