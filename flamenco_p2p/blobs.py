@@ -107,7 +107,8 @@ class BlobWriter:
         self.size = size
         self.received = 0
         self._digest = hashlib.sha256()
-        handle = tempfile.NamedTemporaryFile(dir=store.incoming, delete=False)
+        # The handle stays open across chunks and is closed by finish() or abort().
+        handle = tempfile.NamedTemporaryFile(dir=store.incoming, delete=False)  # noqa: SIM115
         self._handle = handle
         self.tmp = Path(handle.name)
 

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every subcommand."""
     parser = argparse.ArgumentParser(
         prog="flamenco-p2p",
-        description="A Blender render farm whose machines find and organise each other.",
+        description="A Blender render farm whose machines find and organise"
+        " each other.",
     )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}"

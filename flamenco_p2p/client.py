@@ -54,6 +54,6 @@ class NodeClient:
             return await self.link.call(op, body, timeout or self.timeout)
         except FarmUnavailable as exc:
             raise FarmUnavailable(
-                f"no node answered at {self.endpoint}; start one with `flamenco-p2p run`"
-                " (same --data-dir) and try again"
+                f"no node answered at {self.endpoint}; start one with"
+                " `flamenco-p2p run` (same --data-dir) and try again"
             ) from exc

@@ -151,9 +151,15 @@ class Election:
         actions: list[Action] = []
         if epoch < view.epoch:
             return actions
-        if epoch == view.epoch and view.holder not in (None, holder):
-            if max(holder, view.holder or "") != holder:
-                return actions
+        # Two claims of one epoch: the larger node id wins (see the module notes).
+        rival = view.holder
+        if (
+            epoch == view.epoch
+            and rival is not None
+            and rival != holder
+            and rival > holder
+        ):
+            return actions
         if role in self.held and (epoch, holder) != (self.held[role], self.node_id):
             reason = f"node {holder} holds epoch {epoch}"
             actions.append(StepDown(role, self.held.pop(role), reason))
@@ -278,9 +284,9 @@ class Election:
         if holder is not None and holder[0] != candidate.node_id:
             return f"node {holder[0]} holds it"
         best = self.best_candidate(role, now)
-        if best is not None and best.rank.key() > candidate.key():
-            if best.node_id != candidate.node_id:
-                return f"node {best.node_id} ranks higher"
+        outranked = best is not None and best.rank.key() > candidate.key()
+        if outranked and best is not None and best.node_id != candidate.node_id:
+            return f"node {best.node_id} ranks higher"
         return ""
 
     def handle_vote(

@@ -14,6 +14,7 @@ import zmq
 import zmq.asyncio
 
 from flamenco_p2p import __version__
+from flamenco_p2p.background import BackgroundTasks
 from flamenco_p2p.blobs import BlobStore
 from flamenco_p2p.config import NodeConfig, load_node_id
 from flamenco_p2p.election import (
@@ -96,6 +97,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._vote_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.background = BackgroundTasks("node")
         self._advert_dirty = False
         self._advert_task: asyncio.Task[None] | None = None
 
@@ -149,10 +151,7 @@ class Node:
         await asyncio.sleep(0.05)
         if self.worker is not None:
             await self.worker.close()
-        if self._advert_task is not None:
-            self._advert_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._advert_task
+        await self.background.cancel_all()
         if self.discovery is not None:
             await self.discovery.stop()
         await self.client.close()
@@ -221,7 +220,7 @@ class Node:
     # Discovery and contacts ----------------------------------------------------
 
     def _advert(self) -> Any:
-        from flamenco_p2p.discovery.mdns import Advert
+        from flamenco_p2p.discovery import Advert
 
         caps = self.capabilities
         summary = (
@@ -229,7 +228,9 @@ class Node:
             f"blender={caps.get('blender_version') or '-'}"
         )
         # The advert names roles without the site: the advert carries the site.
-        roles = {role.split(":")[0]: epoch for role, epoch in self.election.held.items()}
+        roles = {
+            role.split(":")[0]: epoch for role, epoch in self.election.held.items()
+        }
         return Advert(
             node_id=self.node_id,
             farm_id=farm_id(self.config.farm),
@@ -339,7 +340,7 @@ class Node:
                 del self.contacts[endpoint]
                 link = self.links.pop(endpoint, None)
                 if link is not None:
-                    asyncio.create_task(link.close())
+                    self.background.spawn(link.close(), "close-link")
 
     async def _on_heartbeat(self, message: Message) -> None:
         now = self.clock()
@@ -435,7 +436,9 @@ class Node:
             return
         if self._stopping:
             # stop() began while the role was starting, after it resigned roles.
-            await self._step_down(StepDown(action.role, action.epoch, "node is stopping"))
+            await self._step_down(
+                StepDown(action.role, action.epoch, "node is stopping")
+            )
             return
         # Tell peers at once instead of at the next heartbeat.
         body = self._heartbeat_body(self.clock())
@@ -514,7 +517,7 @@ class Node:
             return
         self._advert_dirty = True
         if self._advert_task is None or self._advert_task.done():
-            self._advert_task = asyncio.create_task(self._publish_advert())
+            self._advert_task = self.background.spawn(self._publish_advert(), "advert")
 
     async def _publish_advert(self) -> None:
         while self._advert_dirty and not self._stopping and self.discovery is not None:
@@ -573,15 +576,17 @@ class Node:
                     "this_node": info.node_id == self.node_id,
                 }
             )
-        roles = {}
+        holders: dict[str, dict[str, Any] | None] = {}
         for role in {r for r, _e, _h in self.election.claims()}:
             holder = self.election.holder(role, now)
-            roles[role] = {"holder": holder[0], "epoch": holder[1]} if holder else None
+            holders[role] = (
+                {"holder": holder[0], "epoch": holder[1]} if holder else None
+            )
         return {
             "node_id": self.node_id,
             "farm": self.config.farm,
             "nodes": nodes,
-            "roles": roles,
+            "roles": holders,
         }
 
 

@@ -250,8 +250,8 @@ class ClientService:
             writer.tmp.unlink(missing_ok=True)
             raise RemoteError(
                 "invalid",
-                f"output {writer.final.name}: {writer.received} bytes hashing to {actual},"
-                f" expected {writer.size} bytes hashing to {writer.sha256}",
+                f"output {writer.final.name}: {writer.received} bytes hashing to"
+                f" {actual}, expected {writer.size} bytes hashing to {writer.sha256}",
                 "sha256",
             )
         os.replace(writer.tmp, writer.final)

@@ -125,7 +125,8 @@ class RouterEndpoint:
         self._handlers: set[asyncio.Task[None]] = set()
 
     def bind(self, address: str, port: int) -> None:
-        """Bind the socket and start serving; raises zmq.ZMQError if the port is taken."""
+        """Bind the socket and start serving; raises zmq.ZMQError if the port is
+        taken."""
         sock = self.ctx.socket(zmq.ROUTER)
         configure(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -347,7 +348,8 @@ class DealerLink:
                 message = await future
         except TimeoutError as exc:
             raise FarmUnavailable(
-                f"{self.name}: no answer to {op} from {self.endpoint} within {timeout} s"
+                f"{self.name}: no answer to {op} from {self.endpoint} within"
+                f" {timeout} s"
             ) from exc
         finally:
             self._pending.pop(request_id, None)

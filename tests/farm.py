@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -74,7 +75,8 @@ class LocalFarm:
         self.farm = "test-" + uuid.uuid4().hex[:8]
         block = next(_blocks) % 250
         self.nodes = [
-            FarmNode(i, root / f"node{i}", f"127.101.{block}.{i + 10}") for i in range(count)
+            FarmNode(i, root / f"node{i}", f"127.101.{block}.{i + 10}")
+            for i in range(count)
         ]
         self.extra_config = extra_config
         self.per_node_config = per_node_config or {}
@@ -102,7 +104,7 @@ class LocalFarm:
         capabilities = "" if "[capabilities]" in own else NO_PROBE
         text = (
             f'farm = "{self.farm}"\nsite = "lab"\nbind_address = "{node.address}"\n'
-            f'mdns = {"true" if self.mdns else "false"}\n'
+            f"mdns = {'true' if self.mdns else 'false'}\n"
             'mdns_interfaces = ["127.0.0.1"]\n'
             f"{seeds}{self.extra_config}\n{own}\n{capabilities}{FAST_TIMING}"
         )
@@ -112,11 +114,21 @@ class LocalFarm:
         """Start (or restart) one node."""
         node = self.nodes[index]
         argv = [
-            sys.executable, "-m", "flamenco_p2p", "run", "--data-dir", str(node.data_dir),
-            "--log-file", str(node.log), "--log-level", "DEBUG",
+            sys.executable,
+            "-m",
+            "flamenco_p2p",
+            "run",
+            "--data-dir",
+            str(node.data_dir),
+            "--log-file",
+            str(node.log),
+            "--log-level",
+            "DEBUG",
         ]
         node.process = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
 
@@ -132,7 +144,9 @@ class LocalFarm:
 
     def stop_all(self) -> None:
         """SIGTERM every node, then SIGKILL whatever is left of its process group."""
-        running = [n.process for n in self.nodes if n.process and n.process.poll() is None]
+        running = [
+            n.process for n in self.nodes if n.process and n.process.poll() is None
+        ]
         for process in running:
             process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
@@ -144,16 +158,18 @@ class LocalFarm:
                 process.wait()
         for node in self.nodes:
             if node.process is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(node.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
     def client(self, index: int = 0) -> NodeClient:
         """Return a client of one node."""
-        return NodeClient.for_config(load_config(self.nodes[index].data_dir), timeout=20)
+        return NodeClient.for_config(
+            load_config(self.nodes[index].data_dir), timeout=20
+        )
 
-    async def call(self, index: int, op: str, body: dict[str, Any], timeout: float = 20) -> Any:
+    async def call(
+        self, index: int, op: str, body: dict[str, Any], timeout: float = 20
+    ) -> Any:
         """Send one request to a node."""
         async with self.client(index) as client:
             return await client.call(op, body, timeout)
@@ -184,7 +200,9 @@ class LocalFarm:
             await asyncio.sleep(0.3)
         raise AssertionError(f"no election within {timeout} s; last status: {last}")
 
-    async def wait_for_job(self, job_id: str, timeout: float = 120, via: int = 0) -> dict[str, Any]:
+    async def wait_for_job(
+        self, job_id: str, timeout: float = 120, via: int = 0
+    ) -> dict[str, Any]:
         """Wait until a job is completed, failed or canceled; returns job and tasks."""
         deadline = time.monotonic() + timeout
         view: Any = None
@@ -197,4 +215,6 @@ class LocalFarm:
 
     def logs(self) -> str:
         """Return every node's log, for assertion messages."""
-        return "\n".join(f"--- node {n.index}\n{n.log_text()[-4000:]}" for n in self.nodes)
+        return "\n".join(
+            f"--- node {n.index}\n{n.log_text()[-4000:]}" for n in self.nodes
+        )

@@ -19,7 +19,9 @@ from flamenco_p2p.membership import Membership, NodeInfo, PeerState, Rank
 TIMING = Timing()
 
 
-def node_info(index: int, site: str = "a", priority: int = 50, **extra: bool) -> NodeInfo:
+def node_info(
+    index: int, site: str = "a", priority: int = 50, **extra: bool
+) -> NodeInfo:
     node_id = f"{index:032x}"
     return NodeInfo(
         node_id=node_id,
@@ -54,7 +56,9 @@ class SimFarm:
         self.nodes: dict[str, SimNode] = {}
         for info in infos:
             membership = Membership(info, TIMING)
-            self.nodes[info.node_id] = SimNode(info, membership, Election(membership, TIMING))
+            self.nodes[info.node_id] = SimNode(
+                info, membership, Election(membership, TIMING)
+            )
         self.cut: set[frozenset[str]] = set()
 
     def linked(self, a: str, b: str) -> bool:
@@ -71,7 +75,9 @@ class SimFarm:
             if not sender.up:
                 continue
             for receiver in self.nodes.values():
-                if receiver is sender or not self.linked(sender.info.node_id, receiver.info.node_id):
+                if receiver is sender or not self.linked(
+                    sender.info.node_id, receiver.info.node_id
+                ):
                     continue
                 self._heartbeat(sender, receiver)
 
@@ -166,7 +172,7 @@ def test_election_one_manager_per_site() -> None:
 def test_election_holder_death_elects_new_epoch() -> None:
     farm = SimFarm([node_info(i) for i in range(1, 4)])
     farm.run(5)
-    (old_holder, old_epoch), = farm.holders(SERVER_ROLE).items()
+    ((old_holder, old_epoch),) = farm.holders(SERVER_ROLE).items()
     farm.nodes[old_holder].up = False
     farm.run(TIMING.dead_after + 3)
     holders = farm.holders(SERVER_ROLE)
@@ -180,7 +186,7 @@ def test_election_holder_death_elects_new_epoch() -> None:
 def test_election_stale_claim_is_ignored() -> None:
     farm = SimFarm([node_info(i) for i in range(1, 4)])
     farm.run(5)
-    (holder, epoch), = farm.holders(SERVER_ROLE).items()
+    ((holder, epoch),) = farm.holders(SERVER_ROLE).items()
     observer = next(n for n in farm.nodes.values() if n.info.node_id != holder)
     actions = observer.election.observe_claim(
         SERVER_ROLE, epoch - 1, observer.info.node_id, farm.now, True
@@ -192,7 +198,7 @@ def test_election_stale_claim_is_ignored() -> None:
 def test_election_newer_epoch_makes_holder_step_down() -> None:
     farm = SimFarm([node_info(i) for i in range(1, 4)])
     farm.run(5)
-    (holder, epoch), = farm.holders(SERVER_ROLE).items()
+    ((holder, epoch),) = farm.holders(SERVER_ROLE).items()
     other = next(n for n in farm.nodes.values() if n.info.node_id != holder)
     actions = farm.nodes[holder].election.observe_claim(
         SERVER_ROLE, epoch + 1, other.info.node_id, farm.now, True
@@ -247,7 +253,9 @@ def test_membership_states_follow_silence() -> None:
     peer = node_info(2)
     membership.heard(peer, 0.0)
     assert membership.state(peer.node_id, 0.1) is PeerState.ALIVE
-    assert membership.state(peer.node_id, TIMING.suspect_after + 0.1) is PeerState.SUSPECT
+    assert (
+        membership.state(peer.node_id, TIMING.suspect_after + 0.1) is PeerState.SUSPECT
+    )
     assert membership.state(peer.node_id, TIMING.dead_after + 0.1) is PeerState.DEAD
     membership.heard(peer, 10.0)
     assert membership.state(peer.node_id, 10.1) is PeerState.ALIVE

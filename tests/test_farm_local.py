@@ -14,15 +14,17 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
-
 from farm import LocalFarm
+
 from flamenco_p2p.transport import RemoteError
 
 pytestmark = pytest.mark.slow
 
 
 def sleep_job(tasks: int, duration: float, **extra: Any) -> dict[str, Any]:
-    requirements = extra.pop("requirements", {"gpu": "none", "gpu_types": [], "min_blender": None})
+    requirements = extra.pop(
+        "requirements", {"gpu": "none", "gpu_types": [], "min_blender": None}
+    )
     return {
         "name": extra.pop("name", "sleepy"),
         "job_type": "sleep",
@@ -50,7 +52,9 @@ async def test_farm_elects_once_and_runs_job(tmp_path: Path) -> None:
         assert roles[0] == roles[1] == roles[2], farm.logs()
         holders = [n for n in status["nodes"] if n["roles"]]
         assert len({r["role"] for n in holders for r in n["roles"]}) == 2
-        server_holders = [n for n in status["nodes"] if any(r["role"] == "server" for r in n["roles"])]
+        server_holders = [
+            n for n in status["nodes"] if any(r["role"] == "server" for r in n["roles"])
+        ]
         assert len(server_holders) == 1
         job_id = await submit(farm, sleep_job(9, 0.3))
         view = await farm.wait_for_job(job_id)
@@ -78,9 +82,13 @@ async def test_farm_requeues_task_of_killed_worker(tmp_path: Path) -> None:
         while victim is None and time.monotonic() < deadline:
             view = await farm.call(0, "client_job", {"job_id": job_id})
             for task in view["tasks"]:
-                if task["status"] == "active" and not node_of(task).startswith(_node_id(farm, 0)[:8]):
+                if task["status"] == "active" and not node_of(task).startswith(
+                    _node_id(farm, 0)[:8]
+                ):
                     victim = next(
-                        n.index for n in farm.nodes if _node_id(farm, n.index) == node_of(task)
+                        n.index
+                        for n in farm.nodes
+                        if _node_id(farm, n.index) == node_of(task)
                     )
             await asyncio.sleep(0.1)
         assert victim is not None, "no task started on a worker-only node"
@@ -117,7 +125,11 @@ async def test_farm_gpu_job_goes_only_to_gpu_worker(tmp_path: Path) -> None:
     gpu = '[capabilities]\ngpu_types = ["CUDA"]\nblender_version = "5.0.1"\n'
     with LocalFarm(tmp_path, 3, per_node_config={0: gpu}) as farm:
         await farm.wait_for_roles()
-        requirements = {"gpu": "require", "gpu_types": [], "min_blender": None}
+        requirements: dict[str, Any] = {
+            "gpu": "require",
+            "gpu_types": [],
+            "min_blender": None,
+        }
         job_id = await submit(farm, sleep_job(6, 0.1, requirements=requirements))
         view = await farm.wait_for_job(job_id)
         assert view["job"]["status"] == "completed", farm.logs()
@@ -133,7 +145,9 @@ async def test_farm_survives_garbage_on_role_ports(tmp_path: Path) -> None:
         for address, port in ((manager, 7777), (server, 9999), (manager, 7776)):
             _send_raw(address, port, os.urandom(4096))
             # A ZMTP greeting followed by a frame header announcing 2**62 bytes.
-            _send_raw(address, port, _zmtp_greeting() + b"\x02" + (2**62).to_bytes(8, "big"))
+            _send_raw(
+                address, port, _zmtp_greeting() + b"\x02" + (2**62).to_bytes(8, "big")
+            )
         await _send_zmq_garbage(f"tcp://{manager}:7777")
         job_id = await submit(farm, sleep_job(4, 0.1))
         view = await farm.wait_for_job(job_id)
@@ -148,10 +162,13 @@ async def test_farm_sigterm_leaves_cleanly(tmp_path: Path) -> None:
         status = await farm.wait_for_roles()
         manager_id = status["roles"]["manager:lab"]["holder"]
         manager_epoch = status["roles"]["manager:lab"]["epoch"]
-        index = next(n.index for n in farm.nodes if _node_id(farm, n.index) == manager_id)
+        index = next(
+            n.index for n in farm.nodes if _node_id(farm, n.index) == manager_id
+        )
         farm.kill(index, signal.SIGTERM)
-        assert farm.nodes[index].process is not None
-        assert farm.nodes[index].process.returncode == 0
+        process = farm.nodes[index].process
+        assert process is not None
+        assert process.returncode == 0
         assert "stopping: received SIGTERM" in farm.nodes[index].log_text()
         via = next(i for i in range(3) if i != index)
         deadline = time.monotonic() + 15
@@ -192,7 +209,16 @@ async def _wait_active(farm: LocalFarm, job_id: str, count: int) -> None:
 
 
 def _zmtp_greeting() -> bytes:
-    return b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL" + b"\x00" * 16 + b"\x00" + b"\x00" * 31
+    return (
+        b"\xff"
+        + b"\x00" * 8
+        + b"\x7f"
+        + b"\x03\x00"
+        + b"NULL"
+        + b"\x00" * 16
+        + b"\x00"
+        + b"\x00" * 31
+    )
 
 
 def _send_raw(address: str, port: int, data: bytes) -> None:

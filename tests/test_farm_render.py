@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from farm import LocalFarm
+
 from flamenco_p2p.render.demo_scene import make_demo_scene, make_text_blend
 from flamenco_p2p.render.validate import validate_output
 from flamenco_p2p.submission import build_render_job
@@ -20,14 +20,22 @@ pytestmark = [pytest.mark.render, pytest.mark.slow]
 
 def render_job(blend: Path, frames: str, output: Path, **extra: Any) -> dict[str, Any]:
     job, _warnings = build_render_job(
-        blend=blend, frames=frames, chunk=extra.pop("chunk", 1),
-        output=str(output / "frame_####"), cwd=blend.parent, **extra,
+        blend=blend,
+        frames=frames,
+        chunk=extra.pop("chunk", 1),
+        output=str(output / "frame_####"),
+        cwd=blend.parent,
+        **extra,
     )
     return job
 
 
-async def submit(farm: LocalFarm, job: dict[str, Any], blend: Path, via: int = 0) -> str:
-    result = await farm.call(via, "client_submit", {"job": job, "blend_path": str(blend)})
+async def submit(
+    farm: LocalFarm, job: dict[str, Any], blend: Path, via: int = 0
+) -> str:
+    result = await farm.call(
+        via, "client_submit", {"job": job, "blend_path": str(blend)}
+    )
     job_id: str = result["job_id"]
     return job_id
 
@@ -52,7 +60,9 @@ def node_id(farm: LocalFarm, index: int) -> str:
     return (farm.nodes[index].data_dir / "node-id").read_text().strip()
 
 
-async def wait_active(farm: LocalFarm, job_id: str, count: int, timeout: float = 60) -> dict[str, Any]:
+async def wait_active(
+    farm: LocalFarm, job_id: str, count: int, timeout: float = 60
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     view: Any = None
     while time.monotonic() < deadline:
@@ -83,7 +93,9 @@ async def test_render_job_delivers_frames_to_submitter(tmp_path: Path) -> None:
         assert list((node.data_dir / "blobs").glob("*/*")), node.index
 
 
-async def test_render_killed_worker_frame_rendered_once_elsewhere(tmp_path: Path) -> None:
+async def test_render_killed_worker_frame_rendered_once_elsewhere(
+    tmp_path: Path,
+) -> None:
     blend = tmp_path / "slow.blend"
     make_demo_scene(blend, frames=4, resolution=(320, 180), samples=256)
     output = tmp_path / "out"
@@ -95,7 +107,10 @@ async def test_render_killed_worker_frame_rendered_once_elsewhere(tmp_path: Path
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             view = await farm.call(0, "client_job", {"job_id": job_id})
-            if any(t["status"] == "active" and t["worker_id"].startswith(worker_id) for t in view["tasks"]):
+            if any(
+                t["status"] == "active" and t["worker_id"].startswith(worker_id)
+                for t in view["tasks"]
+            ):
                 break
             await asyncio.sleep(0.1)
         farm.kill(1)
@@ -122,7 +137,9 @@ async def test_render_cancel_leaves_no_blender(tmp_path: Path) -> None:
         started = time.monotonic()
         await farm.call(0, "client_cancel", {"job_id": job_id})
         view = await farm.wait_for_job(job_id, timeout=10)
-        while blender_processes(tmp_path / "farm") and time.monotonic() - started < 10:
+        while time.monotonic() - started < 10:
+            if not blender_processes(tmp_path / "farm"):
+                break
             await asyncio.sleep(0.1)
         assert blender_processes(tmp_path / "farm") == []
         assert time.monotonic() - started < 10

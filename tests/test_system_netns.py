@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from farm import FAST_TIMING
+from netns import NetnsLab, netns_available
+
 from flamenco_p2p.render.demo_scene import make_demo_scene
 from flamenco_p2p.render.validate import validate_output
-from netns import NetnsLab, netns_available
 
 reason = netns_available()
 pytestmark = [
@@ -25,7 +25,9 @@ pytestmark = [
 ]
 
 
-def cli(lab: NetnsLab, index: int, data_dir: Path, *args: str, timeout: float = 60) -> Any:
+def cli(
+    lab: NetnsLab, index: int, data_dir: Path, *args: str, timeout: float = 60
+) -> Any:
     argv = [sys.executable, "-m", "flamenco_p2p", *args, "--data-dir", str(data_dir)]
     return lab.run(index, argv, timeout=timeout)
 
@@ -53,8 +55,16 @@ def test_system_three_hosts_elect_and_render(tmp_path: Path) -> None:
                 encoding="utf-8",
             )
             dirs.append(data_dir)
-            argv = [sys.executable, "-m", "flamenco_p2p", "run", "--data-dir",
-                    str(data_dir), "--log-file", str(data_dir / "node.log")]
+            argv = [
+                sys.executable,
+                "-m",
+                "flamenco_p2p",
+                "run",
+                "--data-dir",
+                str(data_dir),
+                "--log-file",
+                str(data_dir / "node.log"),
+            ]
             lab.popen(index, argv)
         views = _wait_for_roles(lab, dirs)
         roles = [v["roles"] for v in views]
@@ -65,8 +75,16 @@ def test_system_three_hosts_elect_and_render(tmp_path: Path) -> None:
             held = [r for n in view["nodes"] for r in n["roles"]]
             assert len(held) == 2, view
         submitted = cli(
-            lab, 1, dirs[1], "submit", str(blend), "--frames", "1-6",
-            "--output", str(output / "shot_####"), timeout=300,
+            lab,
+            1,
+            dirs[1],
+            "submit",
+            str(blend),
+            "--frames",
+            "1-6",
+            "--output",
+            str(output / "shot_####"),
+            timeout=300,
         )
         logs = "\n".join((d / "node.log").read_text() for d in dirs)
         assert submitted.returncode == 0, submitted.stderr + logs[-5000:]
@@ -81,13 +99,17 @@ def _wait_for_roles(lab: NetnsLab, dirs: list[Path]) -> list[dict[str, Any]]:
         views = [status(lab, i, d) for i, d in enumerate(dirs)]
         if all(v is not None for v in views):
             complete = [
-                v for v in views
+                v
+                for v in views
                 if v is not None
                 and [n["state"] for n in v["nodes"]].count("alive") == 3
-                and v["roles"].get("server") and v["roles"].get("manager:lab")
+                and v["roles"].get("server")
+                and v["roles"].get("manager:lab")
             ]
             if len(complete) == 3:
                 return complete
         time.sleep(0.5)
-    logs = "\n".join((d / "node.log").read_text()[-3000:] for d in dirs if (d / "node.log").exists())
+    logs = "\n".join(
+        (d / "node.log").read_text()[-3000:] for d in dirs if (d / "node.log").exists()
+    )
     raise AssertionError(f"no election across namespaces within 60 s\n{logs}")

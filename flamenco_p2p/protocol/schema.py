@@ -23,7 +23,8 @@ class Str:
             raise _wrong(path, value, "a string")
         if not self.min_len <= len(value) <= self.max_len:
             raise ProtocolError(
-                f"{path}: length {len(value)} is outside {self.min_len}..{self.max_len}",
+                f"{path}: length {len(value)} is outside"
+                f" {self.min_len}..{self.max_len}",
                 path,
             )
         if self.hex and value.strip("0123456789abcdef"):

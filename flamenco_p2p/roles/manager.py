@@ -11,6 +11,7 @@ from typing import Any
 
 import zmq.asyncio
 
+from flamenco_p2p.background import BackgroundTasks
 from flamenco_p2p.blobs import CHUNK_SIZE, BlobStore
 from flamenco_p2p.errors import BlobError, FarmUnavailable
 from flamenco_p2p.protocol.messages import Message
@@ -81,6 +82,7 @@ class ManagerRole:
         self.server_epoch = 0
         self.fetches: dict[str, BlobFetch] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        self.background = BackgroundTasks("manager")
 
     def start(self, address: str, port: int) -> None:
         """Bind the manager port and watch for silent workers."""
@@ -97,6 +99,7 @@ class ManagerRole:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
             self._watchdog = None
+        await self.background.cancel_all()
         await self.endpoint.close()
         if self.server is not None:
             await self.server.close()
@@ -292,7 +295,7 @@ class ManagerRole:
         if fetch is None:
             fetch = BlobFetch()
             self.fetches[sha256] = fetch
-            asyncio.create_task(self._copy_blob(sha256, submitter, fetch))
+            self.background.spawn(self._copy_blob(sha256, submitter, fetch), "blob")
         await fetch.done.wait()
         if fetch.error is not None:
             self.fetches.pop(sha256, None)

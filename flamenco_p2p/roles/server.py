@@ -227,7 +227,9 @@ class ServerRole:
         them must never lease for the same parked request.
         """
         async with self._lease_lock:
-            for worker_id in worker_ids if worker_ids is not None else list(self.parked):
+            for worker_id in (
+                worker_ids if worker_ids is not None else list(self.parked)
+            ):
                 request = self.parked.pop(worker_id, None)
                 if request is None:
                     continue
@@ -238,14 +240,17 @@ class ServerRole:
                     continue
                 await self._send_assignment(request, assignment)
 
-    async def _send_assignment(self, request: ParkedRequest, assignment: Assignment) -> None:
+    async def _send_assignment(
+        self, request: ParkedRequest, assignment: Assignment
+    ) -> None:
         worker_id = request.worker.worker_id
         self.worker_manager[worker_id] = request.identity
         body = {"assignment": assignment_to_dict(assignment)}
         if not await self.endpoint.send(request.identity, "assign", body):
             logger.warning(
                 "manager of worker %s is gone: requeueing attempt %s",
-                worker_id, assignment.attempt_id,
+                worker_id,
+                assignment.attempt_id,
             )
             await self.store.requeue_worker(worker_id, "manager unreachable")
 

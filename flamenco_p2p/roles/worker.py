@@ -14,6 +14,7 @@ from typing import Any
 
 import zmq.asyncio
 
+from flamenco_p2p.background import BackgroundTasks
 from flamenco_p2p.blobs import CHUNK_SIZE, BlobStore
 from flamenco_p2p.errors import BlobError, FarmUnavailable, RenderError
 from flamenco_p2p.protocol.messages import Message
@@ -87,6 +88,7 @@ class WorkerAgent:
         self.manager: DealerLink | None = None
         self.manager_epoch = 0
         self._heartbeat: asyncio.Task[None] | None = None
+        self.background = BackgroundTasks("worker")
 
     async def start(self) -> None:
         """Start the heartbeat loop; tasks arrive once a manager is set."""
@@ -104,6 +106,7 @@ class WorkerAgent:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await slot.running.task
             await slot.process.close()
+        await self.background.cancel_all()
         if self.manager is not None:
             await self.manager.close()
             self.manager = None
@@ -169,12 +172,13 @@ class WorkerAgent:
                 assignment["attempt_id"],
                 assignment["worker_id"],
             )
-            asyncio.create_task(
+            self.background.spawn(
                 self._report(
                     None,
                     "task_failed",
                     {"attempt_id": assignment["attempt_id"], "error": "worker busy"},
-                )
+                ),
+                "report-busy",
             )
             return
         logger.info(
@@ -287,7 +291,9 @@ class WorkerAgent:
         # folder, so each job gets a folder with the file under its original name.
         folder = self.scratch / "jobs" / assignment["job_id"]
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / _safe_blend_name(settings.get("blend_name", "scene.blend"))
+        target: Path = folder / _safe_blend_name(
+            settings.get("blend_name", "scene.blend")
+        )
         if not target.exists():
             tmp = target.with_name(target.name + ".tmp")
             shutil.copyfile(self.blobs.path(sha256), tmp)
@@ -337,7 +343,7 @@ class WorkerAgent:
             "frame": event.frame,
             "text": event.text[:400],
         }
-        asyncio.create_task(self.manager.send("task_progress", body))
+        self.background.spawn(self.manager.send("task_progress", body), "progress")
 
     async def _flush_log(self, slot: Slot) -> None:
         if not slot.log_lines or self.manager is None or slot.running is None:
@@ -384,9 +390,9 @@ async def _send_output(
 ) -> None:
     name = Path(frame.path).name
     offset = 0
-    with Path(frame.path).open("rb") as handle:
+    with Path(frame.path).open("rb") as handle:  # noqa: ASYNC230 - reads go to a thread
         while True:
-            data = handle.read(CHUNK_SIZE)
+            data = await asyncio.to_thread(handle.read, CHUNK_SIZE)
             last = offset + len(data) >= frame.size
             body = {
                 "job_id": assignment["job_id"],

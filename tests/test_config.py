@@ -1,0 +1,90 @@
+"""Config files, node ids and their error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flamenco_p2p.config import CONFIG_NAME, load_config, load_node_id
+from flamenco_p2p.errors import ConfigError
+
+
+def write(data_dir: Path, text: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / CONFIG_NAME).write_text(text, encoding="utf-8")
+
+
+def test_config_defaults_without_file(tmp_path: Path) -> None:
+    config = load_config(tmp_path)
+    assert config.farm == "default"
+    assert config.manager_port == 7777
+    assert config.server_port == 9999
+    assert config.worker_slots == 1
+    assert config.render.allow_scripts is False
+    assert config.data_dir == tmp_path.resolve()
+
+
+def test_config_reads_every_section(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        'farm = "studio"\nsite = "office"\nbind_address = "127.0.0.5"\n'
+        'seeds = ["10.0.0.2:7776"]\n[ports]\nmanager = 17777\nserver = 19999\n'
+        "[roles]\nserver = false\npriority = 90\n[worker]\nslots = 3\n"
+        '[render]\nbackend = "blender"\nblender_path = "/opt/blender/blender"\n'
+        'allow_scripts = true\n[capabilities]\ngpu_types = ["cuda"]\n'
+        "[timing]\ndead_after = 9\n",
+    )
+    config = load_config(tmp_path)
+    assert config.farm == "studio"
+    assert config.site == "office"
+    assert config.seeds == ("10.0.0.2:7776",)
+    assert config.manager_port == 17777
+    assert config.can_serve is False
+    assert config.priority == 90
+    assert config.worker_slots == 3
+    assert config.render.backend == "blender"
+    assert config.render.allow_scripts is True
+    assert config.capabilities.gpu_types == ("CUDA",)
+    assert config.timing.dead_after == 9.0
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("farm = 3\n", "farm"),
+        ('bind_address = "0.0.0.0"\n', "bind_address"),
+        ('bind_address = "my-laptop"\n', "bind_address"),
+        ("[ports]\nmanager = 70000\n", "manager"),
+        ("[ports]\nmanager = 9999\n", "ports.manager"),
+        ("[worker]\nslots = -1\n", "slots"),
+        ('[render]\nbackend = "cinema4d"\n', "backend"),
+        ('[capabilities]\ngpu_types = ["VOODOO"]\n', "VOODOO"),
+        ("[timing]\nsuspect_after = 10\n", "suspect_after"),
+        ("farm = \n", "cannot read"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, text: str, named: str) -> None:
+    write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert named in str(caught.value)
+
+
+def test_config_missing_explicit_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path, tmp_path / "nope.toml")
+
+
+def test_node_id_created_once(tmp_path: Path) -> None:
+    first = load_node_id(tmp_path)
+    second = load_node_id(tmp_path)
+    assert first == second
+    assert len(first) == 32
+    assert (tmp_path / "node-id").read_text().strip() == first
+
+
+def test_node_id_corrupt_file_rejected(tmp_path: Path) -> None:
+    (tmp_path / "node-id").write_text("hello\n")
+    with pytest.raises(ConfigError, match="delete it"):
+        load_node_id(tmp_path)
