@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_submit(commands)
     _add_status(commands)
     _add_cancel(commands)
+    _add_log(commands)
     _add_demo(commands)
     return parser
 
@@ -140,6 +141,16 @@ def _add_cancel(commands: Any) -> None:
     _common(cancel)
     cancel.add_argument("job_id", help="the id that submit printed")
     cancel.set_defaults(handler=_cancel)
+
+
+def _add_log(commands: Any) -> None:
+    log = commands.add_parser("log", help="print the render log of a job's tasks")
+    _common(log)
+    log.add_argument("job_id", help="the id that submit printed")
+    log.add_argument(
+        "--task", type=int, default=None, help="only the task with this index (from 0)"
+    )
+    log.set_defaults(handler=_log)
 
 
 def _add_demo(commands: Any) -> None:
@@ -308,6 +319,33 @@ def _cancel(args: argparse.Namespace) -> int:
     config = load_config(args.data_dir, args.config)
     result = asyncio.run(_call(config, "client_cancel", {"job_id": args.job_id}))
     print(f"job {args.job_id}: cancel requested, {result['stopping']} tasks stopping")
+    return 0
+
+
+def _log(args: argparse.Namespace) -> int:
+    config = load_config(args.data_dir, args.config)
+    return asyncio.run(_log_async(config, args.job_id, args.task))
+
+
+async def _log_async(config: NodeConfig, job_id: str, index: int | None) -> int:
+    async with NodeClient.for_config(config) as client:
+        view = await client.call("client_job", {"job_id": job_id})
+        tasks = [t for t in view["tasks"] if index is None or t["index"] == index]
+        if not tasks:
+            raise FarmError(
+                f"job {job_id} has no task {index}; it has tasks 0 to"
+                f" {len(view['tasks']) - 1}"
+            )
+        for task in tasks:
+            result = await client.call("client_task_log", {"task_id": task["id"]})
+            print(
+                f"== task {task['index']} ({task['name']}), {task['status']},"
+                f" worker {task.get('worker_id') or '-'}"
+            )
+            if task.get("error"):
+                print(f"error: {task['error']}")
+            for line in result["lines"]:
+                print(line)
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import uuid
 from types import TracebackType
 from typing import Any
@@ -12,6 +14,8 @@ import zmq.asyncio
 from flamenco_p2p.config import NodeConfig
 from flamenco_p2p.errors import FarmUnavailable
 from flamenco_p2p.transport import DealerLink
+
+CONNECT_TIMEOUT = 3.0
 
 
 class NodeClient:
@@ -32,8 +36,23 @@ class NodeClient:
         return cls(f"tcp://{config.bind_address}:{config.node_port}", timeout)
 
     async def __aenter__(self) -> NodeClient:
+        await asyncio.to_thread(self._check_listening)
         self.link = DealerLink(self.ctx, self.client_id, self.endpoint, name="cli")
         return self
+
+    def _check_listening(self) -> None:
+        # ZeroMQ waits silently for a peer that is not there; a plain TCP connect
+        # tells at once that no node runs, so the user is not kept waiting.
+        host, _, port = self.endpoint.removeprefix("tcp://").rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT):
+                pass
+        except OSError as exc:
+            self.ctx.term()
+            raise FarmUnavailable(
+                f"no node is listening at {host}:{port} ({exc.strerror or exc});"
+                " start one with `flamenco-p2p run` (same --data-dir) and try again"
+            ) from exc
 
     async def __aexit__(
         self,

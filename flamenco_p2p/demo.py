@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flamenco_p2p.client import NodeClient
-from flamenco_p2p.config import load_config
+from flamenco_p2p.config import NodeConfig, load_config
 from flamenco_p2p.errors import FarmError, FarmUnavailable, RenderError
 from flamenco_p2p.transport import RemoteError
 
@@ -117,6 +117,7 @@ async def _demo(
     say(f"demo: building the demo scene ({frames} frames) with bpy")
     await asyncio.to_thread(make_demo_scene, blend, frames=frames)
     config = load_config(data_dirs[0])
+    await wait_for_port(config, processes)
     async with NodeClient.for_config(config) as client:
         status = await wait_for_roles(client, processes)
         describe_roles(status)
@@ -133,6 +134,28 @@ async def _demo(
     return 0
 
 
+async def wait_for_port(
+    config: NodeConfig, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """Wait until the first node listens on its port."""
+    deadline = time.monotonic() + ELECTION_TIMEOUT
+    while True:
+        _check_running(processes)
+        try:
+            async with NodeClient.for_config(config):
+                return
+        except FarmUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def _check_running(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is not None:
+            raise FarmError(f"a demo node exited with status {process.returncode}")
+
+
 async def wait_for_roles(
     client: NodeClient, processes: list[subprocess.Popen[bytes]]
 ) -> dict[str, Any]:
@@ -140,9 +163,7 @@ async def wait_for_roles(
     deadline = time.monotonic() + ELECTION_TIMEOUT
     say("demo: waiting for the nodes to find each other and elect roles")
     while time.monotonic() < deadline:
-        for process in processes:
-            if process.poll() is not None:
-                raise FarmError(f"a demo node exited with status {process.returncode}")
+        _check_running(processes)
         try:
             status: dict[str, Any] = await client.call("client_status", {}, timeout=5)
         except (FarmUnavailable, RemoteError):

@@ -24,6 +24,12 @@ logger = logging.getLogger(__name__)
 MAX_OPEN_OUTPUTS = 64
 SERVER_TIMEOUT = 15.0
 SUBMISSION_WAIT = 5.0
+# Client requests that the node passes on to the server unchanged.
+FORWARDED_OPS = {
+    "client_job": "get_job",
+    "client_cancel": "cancel_job",
+    "client_task_log": "get_task_log",
+}
 
 
 @dataclass(slots=True)
@@ -77,21 +83,18 @@ class ClientService:
     ) -> dict[str, Any] | Reply | None:
         """Serve one request; unknown operations get an error reply."""
         body = message.body
-        match message.op:
-            case "client_submit":
-                return await self._submit(body)
-            case "client_status":
-                return await self._status()
-            case "client_job":
-                result: dict[str, Any] = await self.call_server("get_job", body)
-                return result
-            case "client_cancel":
-                result = await self.call_server("cancel_job", body)
-                return result
-            case "blob_get":
-                return self._blob_get(body)
-            case "output_put":
-                return await self._output_put(body)
+        forwarded = FORWARDED_OPS.get(message.op)
+        if forwarded is not None:
+            result: dict[str, Any] = await self.call_server(forwarded, body)
+            return result
+        if message.op == "client_submit":
+            return await self._submit(body)
+        if message.op == "client_status":
+            return await self._status()
+        if message.op == "blob_get":
+            return self._blob_get(body)
+        if message.op == "output_put":
+            return await self._output_put(body)
         raise RemoteError(
             "unknown_op", f"operation {message.op!r} is not served here", "op"
         )

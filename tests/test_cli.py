@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from farm import LocalFarm
+
 from flamenco_p2p.render.demo_scene import make_demo_scene
 
 CLI = [sys.executable, "-m", "flamenco_p2p"]
@@ -29,14 +29,27 @@ def test_cli_help_lists_commands() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "quoted"),
-    [("", "''"), ("1-", "'1-'"), ("a-b", "'a-b'"), ("1-10x0", "'1-10x0'"), ("--5", "'--5'")],
+    [
+        ("", "''"),
+        ("1-", "'1-'"),
+        ("a-b", "'a-b'"),
+        ("1-10x0", "'1-10x0'"),
+        ("--5", "'--5'"),
+    ],
 )
-def test_cli_submit_bad_frames_quotes_part(tmp_path: Path, spec: str, quoted: str) -> None:
+def test_cli_submit_bad_frames_quotes_part(
+    tmp_path: Path, spec: str, quoted: str
+) -> None:
     blend = tmp_path / "a.blend"
     blend.write_bytes(b"BLENDER-v300")
     result = run(
-        "submit", str(blend), f"--frames={spec}", "--output", str(tmp_path / "out/"),
-        "--data-dir", str(tmp_path / "node"),
+        "submit",
+        str(blend),
+        f"--frames={spec}",
+        "--output",
+        str(tmp_path / "out/"),
+        "--data-dir",
+        str(tmp_path / "node"),
     )
     assert result.returncode == 1
     assert quoted in result.stderr
@@ -45,17 +58,44 @@ def test_cli_submit_bad_frames_quotes_part(tmp_path: Path, spec: str, quoted: st
 
 def test_cli_submit_missing_file(tmp_path: Path) -> None:
     result = run(
-        "submit", str(tmp_path / "nope.blend"), "--frames", "1", "--output",
-        str(tmp_path), "--data-dir", str(tmp_path / "node"),
+        "submit",
+        str(tmp_path / "nope.blend"),
+        "--frames",
+        "1",
+        "--output",
+        str(tmp_path),
+        "--data-dir",
+        str(tmp_path / "node"),
     )
     assert result.returncode == 1
     assert "nope.blend" in result.stderr
     assert "not found" in result.stderr
 
 
+def test_cli_submit_warns_about_template(tmp_path: Path) -> None:
+    blend = tmp_path / "a.blend"
+    blend.write_bytes(b"BLENDER-v300")
+    result = run(
+        "submit",
+        str(blend),
+        "--frames",
+        "1-12000",
+        "--output",
+        str(tmp_path / "out" / "shot_"),
+        "--data-dir",
+        str(tmp_path / "node"),
+        timeout=90,
+    )
+    assert "warning:" in result.stderr
+    assert "shot_" in result.stderr
+    assert "#" in result.stderr
+
+
 def test_cli_status_without_node_says_how(tmp_path: Path) -> None:
     (tmp_path / "node").mkdir()
-    (tmp_path / "node" / "flamenco-p2p.toml").write_text('bind_address = "127.103.0.9"\n')
+    (tmp_path / "node" / "flamenco-p2p.toml").write_text(
+        'bind_address = "127.103.0.9"\n'
+    )
     result = run("status", "--data-dir", str(tmp_path / "node"), timeout=90)
     assert result.returncode == 1
     assert "flamenco-p2p run" in result.stderr
@@ -70,8 +110,17 @@ async def test_cli_submit_and_status_on_farm(tmp_path: Path) -> None:
         await farm.wait_for_roles()
         data_dir = str(farm.nodes[1].data_dir)
         submitted = run(
-            "submit", str(blend), "--frames", "1-3", "--chunk", "2", "--output",
-            str(tmp_path / "out" / "shot_#"), "--data-dir", data_dir, timeout=240,
+            "submit",
+            str(blend),
+            "--frames",
+            "1-3",
+            "--chunk",
+            "2",
+            "--output",
+            str(tmp_path / "out" / "shot_#"),
+            "--data-dir",
+            data_dir,
+            timeout=240,
         )
         assert submitted.returncode == 0, submitted.stderr + farm.logs()
         job_id = submitted.stdout.strip()
@@ -85,5 +134,7 @@ async def test_cli_submit_and_status_on_farm(tmp_path: Path) -> None:
     assert "blender 5.0.1" in status.stdout
     assert job_id in status.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "shot_1.png", "shot_2.png", "shot_3.png",
+        "shot_1.png",
+        "shot_2.png",
+        "shot_3.png",
     ]

@@ -83,6 +83,9 @@ async def test_render_job_delivers_frames_to_submitter(tmp_path: Path) -> None:
         job_id = await submit(farm, render_job(blend, "1-4", output), blend)
         view = await farm.wait_for_job(job_id, timeout=180)
         assert view["job"]["status"] == "completed", farm.logs()
+        task_id = view["tasks"][0]["id"]
+        log = await farm.call(0, "client_task_log", {"task_id": task_id})
+        assert log["lines"], "no Blender log lines reached the server"
     hashes = set()
     for frame in range(1, 5):
         info = validate_output(str(output / f"frame_{frame:04d}.png"))

@@ -121,6 +121,7 @@ BODIES: dict[str, Map] = {
     "client_status": Map({}),
     "client_job": Map({"job_id": ITEM_ID}),
     "client_cancel": Map({"job_id": ITEM_ID}),
+    "client_task_log": Map({"task_id": ITEM_ID}),
     # Files: blobs travel worker <- manager <- submitter, outputs worker -> submitter.
     "blob_get": Map(
         {
@@ -184,6 +185,7 @@ BODIES: dict[str, Map] = {
     "get_job": Map({"job_id": ITEM_ID}),
     "list_jobs": Map({"limit": Int(1, 10_000)}),
     "cancel_job": Map({"job_id": ITEM_ID}),
+    "get_task_log": Map({"task_id": ITEM_ID}),
     # Replies to any request.
     "reply": Map({"result": Plain(max_items=200_000, max_depth=8)}),
     "blob_data": Map({"size": Int(0, 2**40), "data": Bin(MAX_BIN_LEN)}),

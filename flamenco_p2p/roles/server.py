@@ -10,7 +10,7 @@ from typing import Any
 
 import zmq.asyncio
 
-from flamenco_p2p.errors import InvalidInput, NotFound, StaleAttempt
+from flamenco_p2p.errors import InvalidInput, NotFound, StaleAttempt, StateError
 from flamenco_p2p.jobs.spec import JobSpec
 from flamenco_p2p.protocol.messages import Message
 from flamenco_p2p.roles.wire import (
@@ -36,6 +36,7 @@ SERVER_OPS = frozenset(
         "get_job",
         "list_jobs",
         "cancel_job",
+        "get_task_log",
     }
 )
 
@@ -160,10 +161,19 @@ class ServerRole:
         return {"task_id": task.id, "status": str(task.status)}
 
     async def _on_task_progress(self, identity: bytes, body: dict[str, Any]) -> None:
-        await self.store.record_progress(body["attempt_id"], body["fraction"])
+        try:
+            await self.store.record_progress(body["attempt_id"], body["fraction"])
+        except StateError as exc:
+            # Progress may trail the result of its attempt; it is only advisory.
+            logger.debug("progress of attempt %s dropped: %s", body["attempt_id"], exc)
 
     async def _on_task_log(self, identity: bytes, body: dict[str, Any]) -> None:
-        await self.store.add_log(body["attempt_id"], body["lines"])
+        try:
+            await self.store.add_log(body["attempt_id"], body["lines"])
+        except StateError as exc:
+            logger.warning(
+                "log lines of attempt %s dropped: %s", body["attempt_id"], exc
+            )
 
     async def _on_submit_job(
         self, identity: bytes, body: dict[str, Any]
@@ -207,6 +217,15 @@ class ServerRole:
             "job %s cancel requested: %d tasks running", body["job_id"], len(active)
         )
         return {"stopping": len(active)}
+
+    async def _on_get_task_log(
+        self, identity: bytes, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            lines = await self.store.task_log(body["task_id"])
+        except NotFound as exc:
+            raise RemoteError("not_found", str(exc), "task_id") from exc
+        return {"lines": lines}
 
     async def _send_cancel(self, assignment: Assignment) -> None:
         identity = self.worker_manager.get(assignment.worker_id)

@@ -89,6 +89,7 @@ class WorkerAgent:
         self.manager_epoch = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self.background = BackgroundTasks("worker")
+        self._closing = False
 
     async def start(self) -> None:
         """Start the heartbeat loop; tasks arrive once a manager is set."""
@@ -96,6 +97,7 @@ class WorkerAgent:
 
     async def close(self) -> None:
         """Cancel running tasks, stop render processes, drop the manager link."""
+        self._closing = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -207,40 +209,32 @@ class WorkerAgent:
 
     async def _run(self, slot: Slot, assignment: dict[str, Any]) -> None:
         attempt_id = assignment["attempt_id"]
+        op = "task_done"
+        body: dict[str, Any] = {"attempt_id": attempt_id}
         try:
             if assignment["job_type"] == "sleep":
-                outputs = await self._run_sleep(assignment)
+                body["outputs"] = await self._run_sleep(assignment)
             else:
-                outputs = await self._run_render(slot, assignment)
+                body["outputs"] = await self._run_render(slot, assignment)
         except asyncio.CancelledError:
-            slot.running = None
-            await self._report(slot, "task_canceled", {"attempt_id": attempt_id})
-            return
+            if self._closing:
+                # The node is stopping: the manager requeues what it loses.
+                raise
+            op = "task_canceled"
         except (RenderError, BlobError, FarmUnavailable, RemoteError, OSError) as exc:
-            if slot.running is not None and slot.running.canceled:
-                slot.running = None
-                await self._report(slot, "task_canceled", {"attempt_id": attempt_id})
-                return
             logger.warning(
                 "worker %s attempt %s failed: %s", slot.worker_id, attempt_id, exc
             )
-            slot.running = None
-            await self._flush_log(slot)
-            await self._report(
-                slot,
-                "task_failed",
-                {"attempt_id": attempt_id, "error": str(exc)[:4000]},
-            )
-            return
+            op = "task_failed"
+            body["error"] = str(exc)[:4000]
         running = slot.running
-        slot.running = None
         if running is not None and running.canceled:
-            await self._report(slot, "task_canceled", {"attempt_id": attempt_id})
-            return
-        await self._flush_log(slot)
-        await self._report(
-            slot, "task_done", {"attempt_id": attempt_id, "outputs": outputs}
-        )
+            op = "task_canceled"
+        if op != "task_done":
+            body.pop("outputs", None)
+        await self._flush_log(slot, attempt_id)
+        slot.running = None
+        await self._report(slot, op, body)
 
     async def _run_sleep(self, assignment: dict[str, Any]) -> list[dict[str, Any]]:
         payload = assignment["payload"]
@@ -345,16 +339,16 @@ class WorkerAgent:
         }
         self.background.spawn(self.manager.send("task_progress", body), "progress")
 
-    async def _flush_log(self, slot: Slot) -> None:
-        if not slot.log_lines or self.manager is None or slot.running is None:
-            slot.log_lines.clear() if slot.running is None else None
+    async def _flush_log(self, slot: Slot, attempt_id: str | None = None) -> None:
+        """Send the slot's buffered Blender log lines for its current attempt."""
+        if attempt_id is None and slot.running is not None:
+            attempt_id = slot.running.assignment["attempt_id"]
+        if attempt_id is None or self.manager is None:
+            slot.log_lines.clear()
             return
-        attempt_id = slot.running.assignment["attempt_id"]
         while slot.log_lines:
-            batch, slot.log_lines = (
-                slot.log_lines[:LOG_BATCH],
-                slot.log_lines[LOG_BATCH:],
-            )
+            batch = slot.log_lines[:LOG_BATCH]
+            del slot.log_lines[:LOG_BATCH]
             await self.manager.send(
                 "task_log", {"attempt_id": attempt_id, "lines": batch}
             )
