@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_init(commands)
+    _add_invite(commands)
+    _add_join(commands)
     _add_run(commands)
     _add_submit(commands)
     _add_status(commands)
@@ -77,6 +80,34 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="TOML config file (default: flamenco-p2p.toml in the data directory)",
     )
+
+
+def _add_init(commands: Any) -> None:
+    init = commands.add_parser("init", help="create a new farm with a random farm key")
+    _common(init)
+    init.add_argument("--farm", default="default", help="farm name (default: default)")
+    init.add_argument(
+        "--force", action="store_true", help="replace this node's existing farm key"
+    )
+    init.set_defaults(handler=_init)
+
+
+def _add_invite(commands: Any) -> None:
+    invite = commands.add_parser(
+        "invite", help="print the join code that lets another machine join this farm"
+    )
+    _common(invite)
+    invite.set_defaults(handler=_invite)
+
+
+def _add_join(commands: Any) -> None:
+    join = commands.add_parser("join", help="join a farm with a code from `invite`")
+    _common(join)
+    join.add_argument("code", help="the join code, fp1-...")
+    join.add_argument(
+        "--force", action="store_true", help="replace this node's existing farm key"
+    )
+    join.set_defaults(handler=_join)
 
 
 def _add_run(commands: Any) -> None:
@@ -174,6 +205,38 @@ def _add_demo(commands: Any) -> None:
 
 
 # Commands ----------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    from flamenco_p2p.farmkey import new_farm_key, save_farm_key
+
+    config = load_config(args.data_dir, args.config)
+    farm_key = new_farm_key(args.farm)
+    path = save_farm_key(config.data_dir, farm_key, replace=args.force)
+    print(f"created farm {farm_key.farm!r}; its key is in {path}")
+    print("on each other machine, run:  flamenco-p2p join CODE")
+    print("with the code that `flamenco-p2p invite` prints here.")
+    return 0
+
+
+def _invite(args: argparse.Namespace) -> int:
+    from flamenco_p2p.farmkey import load_farm_key
+
+    config = load_config(args.data_dir, args.config)
+    farm_key = load_farm_key(config.data_dir)
+    # The code is the farm key itself: it goes to stdout only, never to a log.
+    print(farm_key.invite_code())
+    return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    from flamenco_p2p.farmkey import parse_invite, save_farm_key
+
+    config = load_config(args.data_dir, args.config)
+    farm_key = parse_invite(args.code)
+    path = save_farm_key(config.data_dir, farm_key, replace=args.force)
+    print(f"joined farm {farm_key.farm!r}; its key is in {path}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -302,6 +365,13 @@ def format_status(status: dict[str, Any]) -> str:
             f" blender {caps.get('blender_version') or '-'}"
             f"  {roles or 'worker'}{'  (this node)' if node['this_node'] else ''}"
         )
+    foreign = status.get("foreign") or []
+    if foreign:
+        lines += ["", "FOREIGN (seen over mDNS, other farm key: refused)"]
+        for node in foreign:
+            lines.append(
+                f"  {node['node_id']}  {node['address']:<15} farm id {node['farm_id']}"
+            )
     lines += ["", "JOBS"]
     if status.get("server_error"):
         lines.append(f"  unavailable: {status['server_error']}")

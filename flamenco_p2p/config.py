@@ -60,7 +60,6 @@ class NodeConfig:
     """Everything a node needs to run; see docs/configuration.md for each key."""
 
     data_dir: Path
-    farm: str = "default"
     site: str = "default"
     bind_address: str = "127.0.0.1"
     mdns: bool = True
@@ -111,6 +110,10 @@ def load_config(data_dir: Path | None, config_file: Path | None = None) -> NodeC
 def config_from_dict(raw: dict[str, Any], data_dir: Path, source: str) -> NodeConfig:
     """Build a validated NodeConfig from parsed TOML."""
     reader = _Reader(raw, source)
+    reader.check_keys(raw, "", KNOWN_KEYS[""])
+    for table_name, keys in KNOWN_KEYS.items():
+        if table_name:
+            reader.check_keys(reader.table(table_name), table_name, keys)
     ports = reader.table("ports")
     roles = reader.table("roles")
     worker = reader.table("worker")
@@ -119,7 +122,6 @@ def config_from_dict(raw: dict[str, Any], data_dir: Path, source: str) -> NodeCo
     timing = reader.table("timing")
     config = NodeConfig(
         data_dir=data_dir,
-        farm=reader.text(raw, "farm", "default"),
         site=reader.text(raw, "site", "default"),
         bind_address=_ipv4(reader.text(raw, "bind_address", "127.0.0.1"), source),
         mdns=reader.boolean(raw, "mdns", True),
@@ -206,12 +208,54 @@ def _ipv4(text: str, source: str) -> str:
     return text
 
 
+KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset(
+        {
+            "site",
+            "bind_address",
+            "mdns",
+            "mdns_interfaces",
+            "seeds",
+            "ports",
+            "roles",
+            "worker",
+            "render",
+            "capabilities",
+            "timing",
+        }
+    ),
+    "ports": frozenset({"node", "manager", "server"}),
+    "roles": frozenset({"manager", "server", "priority"}),
+    "worker": frozenset({"slots"}),
+    "render": frozenset({"backend", "python", "blender_path", "allow_scripts"}),
+    "capabilities": frozenset({"cpu_cores", "gpu_types", "blender_version"}),
+    "timing": frozenset(Timing.__dataclass_fields__),
+}
+
+
 class _Reader:
     """Typed access to TOML values with errors that name the key and the file."""
 
     def __init__(self, raw: dict[str, Any], source: str) -> None:
         self.raw = raw
         self.source = source
+
+    def check_keys(
+        self, table: dict[str, Any], name: str, known: frozenset[str]
+    ) -> None:
+        unknown = sorted(set(table) - known)
+        if not unknown:
+            return
+        where = f"[{name}]" if name else "the top level"
+        hint = ""
+        if not name and "farm" in unknown:
+            hint = (
+                "; the farm comes from the farm key now (`flamenco-p2p init` or `join`)"
+            )
+        raise ConfigError(
+            f"{self.source}: unknown key {unknown[0]!r} in {where}; known keys are"
+            f" {', '.join(sorted(known))}{hint}"
+        )
 
     def table(self, name: str) -> dict[str, Any]:
         value = self.raw.get(name, {})

@@ -13,6 +13,7 @@ from typing import Any
 import zmq
 
 from flamenco_p2p.config import NodeConfig, load_node_id
+from flamenco_p2p.farmkey import load_farm_key
 
 logger = logging.getLogger("flamenco_p2p.daemon")
 
@@ -112,6 +113,8 @@ async def run_daemon(config: NodeConfig, log_level: str, log_file: Path | None) 
     from flamenco_p2p.node import Node
 
     node_id = load_node_id(config.data_dir)
+    # Fail before the slow capability probe when this node has no farm yet.
+    load_farm_key(config.data_dir)
     setup_logging(node_id, log_level, log_file)
     stop = asyncio.Event()
     received: list[str] = []

@@ -40,7 +40,8 @@ def run_demo(frames: int, output: Path, work_dir: Path | None, timeout: float) -
     data_dirs = [work / f"node{i + 1}" for i in range(NODE_COUNT)]
     farm = "demo-" + secrets.token_hex(4)
     for data_dir, address in zip(data_dirs, addresses, strict=True):
-        write_node_config(data_dir, farm, address)
+        write_node_config(data_dir, address)
+    create_farm(data_dirs, farm)
     say(f"demo: work directory {work}")
     processes = [start_node(d) for d in data_dirs]
     try:
@@ -58,11 +59,34 @@ def demo_addresses() -> list[str]:
     return [f"127.77.{block}.{11 + i}" for i in range(NODE_COUNT)]
 
 
-def write_node_config(data_dir: Path, farm: str, address: str) -> None:
+def create_farm(data_dirs: list[Path], farm: str) -> None:
+    """Create the farm on the first node and join the others with its code."""
+    run_cli(["init", "--farm", farm, "--data-dir", str(data_dirs[0])])
+    code = run_cli(["invite", "--data-dir", str(data_dirs[0])]).strip()
+    for data_dir in data_dirs[1:]:
+        run_cli(["join", code, "--data-dir", str(data_dir)])
+    say(f"demo: created farm {farm!r} on node 1 and joined nodes 2 and 3 to it")
+
+
+def run_cli(args: list[str]) -> str:
+    """Run one flamenco-p2p command as a user would; returns its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flamenco_p2p", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise FarmError(f"flamenco-p2p {args[0]} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def write_node_config(data_dir: Path, address: str) -> None:
     """Write one demo node's config: its own loopback address, mDNS on loopback."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "flamenco-p2p.toml").write_text(
-        f'farm = "{farm}"\nsite = "demo"\nbind_address = "{address}"\n'
+        f'site = "demo"\nbind_address = "{address}"\n'
         'mdns_interfaces = ["127.0.0.1"]\n\n[worker]\nslots = 1\n',
         encoding="utf-8",
     )

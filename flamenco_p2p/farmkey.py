@@ -91,7 +91,9 @@ class FarmKey:
     @property
     def api_token(self) -> str:
         """The bearer token that HTTP requests which change the farm must carry."""
-        return base64.urlsafe_b64encode(hkdf(self.key, "http token")).decode().rstrip("=")
+        return (
+            base64.urlsafe_b64encode(hkdf(self.key, "http token")).decode().rstrip("=")
+        )
 
     def invite_code(self) -> str:
         """Return the join code: the key and the farm name, for pasting."""

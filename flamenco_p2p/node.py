@@ -28,6 +28,7 @@ from flamenco_p2p.election import (
     manager_role,
 )
 from flamenco_p2p.errors import FarmUnavailable, ProtocolError, StateError
+from flamenco_p2p.farmkey import load_farm_key
 from flamenco_p2p.membership import Membership, NodeInfo, Rank
 from flamenco_p2p.node_client import ClientService
 from flamenco_p2p.protocol.messages import Message
@@ -35,6 +36,7 @@ from flamenco_p2p.render.controller import RenderBackend
 from flamenco_p2p.roles.manager import ManagerRole
 from flamenco_p2p.roles.server import ServerRole
 from flamenco_p2p.roles.worker import WorkerAgent
+from flamenco_p2p.security import ZapHandler, farm_context
 from flamenco_p2p.store.farmstore import FarmStore
 from flamenco_p2p.transport import DealerLink, RemoteError, Reply, RouterEndpoint
 
@@ -67,8 +69,12 @@ class Node:
         self.config = config
         self.clock = clock
         self.node_id = load_node_id(config.data_dir)
+        self.farm_key = load_farm_key(config.data_dir)
+        self.farm_id = self.farm_key.farm_id
         self.capabilities = capabilities
-        self.ctx = zmq.asyncio.Context()
+        self.ctx = farm_context(self.farm_key)
+        self.authenticator: ZapHandler | None = None
+        self.foreign: dict[str, dict[str, Any]] = {}
         self.blobs = BlobStore(config.blob_dir)
         self.me = NodeInfo(
             node_id=self.node_id,
@@ -110,12 +116,13 @@ class Node:
             "flamenco-p2p %s node %s starting: farm %s, site %s, %s:%d, data %s",
             __version__,
             self.node_id,
-            config.farm,
+            self.farm_key.farm,
             config.site,
             config.bind_address,
             config.node_port,
             config.data_dir,
         )
+        self.authenticator = ZapHandler(self.ctx)
         self.endpoint.bind(config.bind_address, config.node_port)
         for seed in config.seeds:
             self._add_contact(_seed_endpoint(seed, config.node_port), "seed")
@@ -158,6 +165,8 @@ class Node:
         for link in self.links.values():
             await link.close()
         await self.endpoint.close()
+        if self.authenticator is not None:
+            await self.authenticator.stop()
         # destroy() closes any socket a late task still held, so term never hangs.
         self.ctx.destroy(linger=0)
         logger.info("node %s stopped", self.node_id)
@@ -233,7 +242,7 @@ class Node:
         }
         return Advert(
             node_id=self.node_id,
-            farm_id=farm_id(self.config.farm),
+            farm_id=self.farm_id,
             site=self.config.site,
             address=self.config.bind_address,
             node_port=self.config.node_port,
@@ -242,13 +251,32 @@ class Node:
         )
 
     def _on_sighting(self, sighting: Any) -> None:
-        if sighting.farm_id != farm_id(self.config.farm):
-            logger.debug("ignoring node %s of another farm", sighting.node_id)
+        if sighting.farm_id != self.farm_id:
+            self._note_foreign(sighting)
             return
         endpoint = f"tcp://{sighting.address}:{sighting.node_port}"
         self._add_contact(endpoint, "mdns", sighting.node_id)
 
+    def _note_foreign(self, sighting: Any) -> None:
+        if sighting.node_id not in self.foreign:
+            if len(self.foreign) >= 256:
+                self.foreign.pop(next(iter(self.foreign)))
+            logger.warning(
+                "node %s at %s belongs to another farm (farm id %s): not contacting"
+                " it; join this farm with `flamenco-p2p join` on it to add it",
+                sighting.node_id,
+                sighting.address,
+                sighting.farm_id,
+            )
+        self.foreign[sighting.node_id] = {
+            "node_id": sighting.node_id,
+            "address": sighting.address,
+            "farm_id": sighting.farm_id,
+            "site": sighting.site,
+        }
+
     def _on_goodbye(self, node_id: str) -> None:
+        self.foreign.pop(node_id, None)
         logger.debug("mDNS goodbye from %s", node_id)
 
     def _add_contact(
@@ -584,17 +612,12 @@ class Node:
             )
         return {
             "node_id": self.node_id,
-            "farm": self.config.farm,
+            "farm": self.farm_key.farm,
+            "farm_id": self.farm_id,
+            "foreign": list(self.foreign.values()),
             "nodes": nodes,
             "roles": holders,
         }
-
-
-def farm_id(farm: str) -> str:
-    """Return the farm id advertised over mDNS, derived from the farm name."""
-    import hashlib
-
-    return hashlib.sha256(b"flamenco-p2p farm\0" + farm.encode()).hexdigest()[:32]
 
 
 def _seed_endpoint(seed: str, default_port: int) -> str:

@@ -2,7 +2,8 @@
 
 Every socket gets a bounded ``maxmsgsize`` (a forged frame header could otherwise make
 libzmq reserve gigabytes), ZMTP heartbeats (a frozen peer is otherwise never noticed),
-and ``linger = 0`` (so closing never blocks the loop).
+and ``linger = 0`` (so closing never blocks the loop). Every socket is encrypted
+and authenticated with CURVE (see flamenco_p2p/security.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import zmq.asyncio
 from flamenco_p2p.errors import FarmUnavailable, ProtocolError
 from flamenco_p2p.protocol.codec import MAX_FRAME_BYTES
 from flamenco_p2p.protocol.messages import Message, pack, unpack
+from flamenco_p2p.security import HandshakeWatch, secure_client, secure_server
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ class RouterEndpoint:
         self.epoch: int | None = None
         self.bad_input = BadInputLog(name)
         self.sock: zmq.asyncio.Socket | None = None
+        self.handshakes: HandshakeWatch | None = None
         self.endpoint = ""
         self._task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -129,6 +132,7 @@ class RouterEndpoint:
         taken."""
         sock = self.ctx.socket(zmq.ROUTER)
         configure(sock)
+        secure_server(sock, self.ctx)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.endpoint = f"tcp://{address}:{port}"
         try:
@@ -137,6 +141,7 @@ class RouterEndpoint:
             sock.close(0)
             raise
         self.sock = sock
+        self.handshakes = HandshakeWatch(sock, self.name)
         self._task = asyncio.create_task(self._serve(), name=f"{self.name}-serve")
         logger.info("%s: listening on %s", self.name, self.endpoint)
 
@@ -149,6 +154,9 @@ class RouterEndpoint:
             self._task = None
         for task in list(self._handlers):
             task.cancel()
+        if self.handshakes is not None:
+            await self.handshakes.close()
+            self.handshakes = None
         if self.sock is not None:
             self.sock.close(0)
             self.sock = None
@@ -290,6 +298,7 @@ class DealerLink:
         self.epoch: int | None = None
         self.sock = ctx.socket(zmq.DEALER)
         configure(sock=self.sock)
+        secure_client(self.sock, ctx)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if immediate:

@@ -57,6 +57,20 @@ class FarmNode:
         return self.log.read_text(encoding="utf-8") if self.log.exists() else ""
 
 
+def cli(args: list[str]) -> str:
+    """Run a flamenco-p2p command; returns its standard output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flamenco_p2p", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"flamenco-p2p {args[0]} failed: {result.stderr}")
+    return result.stdout
+
+
 class LocalFarm:
     """Start, inspect, kill and stop a farm of daemons; a context manager.
 
@@ -70,6 +84,7 @@ class LocalFarm:
         extra_config: str = "",
         per_node_config: dict[int, str] | None = None,
         mdns: bool = True,
+        strangers: frozenset[int] = frozenset(),
     ) -> None:
         self.root = root
         self.farm = "test-" + uuid.uuid4().hex[:8]
@@ -81,16 +96,55 @@ class LocalFarm:
         self.extra_config = extra_config
         self.per_node_config = per_node_config or {}
         self.mdns = mdns
+        self.strangers = strangers
 
     def __enter__(self) -> LocalFarm:
         for node in self.nodes:
             self.write_config(node)
+        self.create_farm()
         for node in self.nodes:
             self.start(node.index)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop_all()
+
+    def create_farm(self) -> None:
+        """Create the farm as a user does: init on one node, join on the others.
+
+        Nodes listed in ``strangers`` get a farm of their own with the same name.
+        """
+        members = [n for n in self.nodes if n.index not in self.strangers]
+        cli(["init", "--farm", self.farm, "--data-dir", str(members[0].data_dir)])
+        code = cli(["invite", "--data-dir", str(members[0].data_dir)]).strip()
+        for node in members[1:]:
+            cli(["join", code, "--data-dir", str(node.data_dir)])
+        for index in self.strangers:
+            cli(
+                [
+                    "init",
+                    "--farm",
+                    self.farm,
+                    "--data-dir",
+                    str(self.nodes[index].data_dir),
+                ]
+            )
+
+    def secrets(self) -> list[str]:
+        """Return every secret of the farm's key files, as they could appear in text."""
+        from flamenco_p2p.farmkey import load_farm_key
+
+        found = []
+        for node in self.nodes:
+            key = load_farm_key(node.data_dir)
+            found += [
+                key.key.hex(),
+                key.invite_code(),
+                key.api_token,
+                key.server_curve.secret.decode(),
+                key.client_curve.secret.decode(),
+            ]
+        return found
 
     def write_config(self, node: FarmNode) -> None:
         """Write a node's TOML config."""
@@ -103,7 +157,7 @@ class LocalFarm:
         # Capabilities set here spare each daemon the bpy probe at start-up.
         capabilities = "" if "[capabilities]" in own else NO_PROBE
         text = (
-            f'farm = "{self.farm}"\nsite = "lab"\nbind_address = "{node.address}"\n'
+            f'site = "lab"\nbind_address = "{node.address}"\n'
             f"mdns = {'true' if self.mdns else 'false'}\n"
             'mdns_interfaces = ["127.0.0.1"]\n'
             f"{seeds}{self.extra_config}\n{own}\n{capabilities}{FAST_TIMING}"

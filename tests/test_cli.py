@@ -98,7 +98,33 @@ def test_cli_status_without_node_says_how(tmp_path: Path) -> None:
     )
     result = run("status", "--data-dir", str(tmp_path / "node"), timeout=90)
     assert result.returncode == 1
+    assert "flamenco-p2p init" in result.stderr
+    assert run("init", "--data-dir", str(tmp_path / "node")).returncode == 0
+    result = run("status", "--data-dir", str(tmp_path / "node"), timeout=90)
+    assert result.returncode == 1
     assert "flamenco-p2p run" in result.stderr
+
+
+def test_cli_invite_join_round_trip(tmp_path: Path) -> None:
+    first, second = str(tmp_path / "a"), str(tmp_path / "b")
+    created = run("init", "--farm", "Studio B", "--data-dir", first)
+    assert created.returncode == 0
+    assert "Studio B" in created.stdout
+    code = run("invite", "--data-dir", first).stdout.strip()
+    assert code.startswith("fp1-")
+    joined = run("join", code, "--data-dir", second)
+    assert joined.returncode == 0, joined.stderr
+    key_a = (tmp_path / "a" / "farm.key").read_text()
+    key_b = (tmp_path / "b" / "farm.key").read_text()
+    assert key_a == key_b
+    assert (tmp_path / "b" / "farm.key").stat().st_mode & 0o777 == 0o600
+    again = run("init", "--data-dir", second)
+    assert again.returncode == 1
+    assert "--force" in again.stderr
+    changed = "b" if code[-1] == "a" else "a"
+    typo = run("join", code[:-1] + changed, "--data-dir", str(tmp_path / "c"))
+    assert typo.returncode == 1
+    assert "copy it again" in typo.stderr
 
 
 @pytest.mark.render

@@ -17,7 +17,6 @@ def write(data_dir: Path, text: str) -> None:
 
 def test_config_defaults_without_file(tmp_path: Path) -> None:
     config = load_config(tmp_path)
-    assert config.farm == "default"
     assert config.manager_port == 7777
     assert config.server_port == 9999
     assert config.worker_slots == 1
@@ -28,7 +27,7 @@ def test_config_defaults_without_file(tmp_path: Path) -> None:
 def test_config_reads_every_section(tmp_path: Path) -> None:
     write(
         tmp_path,
-        'farm = "studio"\nsite = "office"\nbind_address = "127.0.0.5"\n'
+        'site = "office"\nbind_address = "127.0.0.5"\n'
         'seeds = ["10.0.0.2:7776"]\n[ports]\nmanager = 17777\nserver = 19999\n'
         "[roles]\nserver = false\npriority = 90\n[worker]\nslots = 3\n"
         '[render]\nbackend = "blender"\nblender_path = "/opt/blender/blender"\n'
@@ -36,7 +35,6 @@ def test_config_reads_every_section(tmp_path: Path) -> None:
         "[timing]\ndead_after = 9\n",
     )
     config = load_config(tmp_path)
-    assert config.farm == "studio"
     assert config.site == "office"
     assert config.seeds == ("10.0.0.2:7776",)
     assert config.manager_port == 17777
@@ -52,7 +50,9 @@ def test_config_reads_every_section(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "named"),
     [
-        ("farm = 3\n", "farm"),
+        ("site = 3\n", "site"),
+        ('farm = "old"\n', "farm key"),
+        ("[worker]\nslot = 2\n", "'slot'"),
         ('bind_address = "0.0.0.0"\n', "bind_address"),
         ('bind_address = "my-laptop"\n', "bind_address"),
         ("[ports]\nmanager = 70000\n", "manager"),

@@ -70,7 +70,7 @@ def test_invite_typo_detected() -> None:
     code = new_farm_key("studio").invite_code()
     position = 10
     changed = "a" if code[position] != "a" else "b"
-    with pytest.raises(InvalidInput, match="typo|damaged"):
+    with pytest.raises(InvalidInput, match=r"typo|damaged"):
         parse_invite(code[:position] + changed + code[position + 1 :])
 
 

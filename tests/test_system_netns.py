@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from farm import FAST_TIMING
+from farm import cli as farm_cli
 from netns import NetnsLab, netns_available
 
 from flamenco_p2p.render.demo_scene import make_demo_scene
@@ -50,11 +51,13 @@ def test_system_three_hosts_elect_and_render(tmp_path: Path) -> None:
             data_dir = tmp_path / f"node{index}"
             data_dir.mkdir()
             (data_dir / "flamenco-p2p.toml").write_text(
-                f'farm = "system"\nsite = "lab"\nbind_address = "{node.address}"\n'
+                f'site = "lab"\nbind_address = "{node.address}"\n'
                 f'mdns_interfaces = ["{node.address}"]\n{FAST_TIMING}',
                 encoding="utf-8",
             )
             dirs.append(data_dir)
+        create_farm(dirs)
+        for index, data_dir in enumerate(dirs):
             argv = [
                 sys.executable,
                 "-m",
@@ -91,6 +94,13 @@ def test_system_three_hosts_elect_and_render(tmp_path: Path) -> None:
     names = sorted(p.name for p in output.iterdir())
     assert names == [f"shot_{f:04d}.png" for f in range(1, 7)]
     assert len({validate_output(str(output / n)).sha256 for n in names}) == 6
+
+
+def create_farm(dirs: list[Path]) -> None:
+    farm_cli(["init", "--farm", "system", "--data-dir", str(dirs[0])])
+    code = farm_cli(["invite", "--data-dir", str(dirs[0])]).strip()
+    for data_dir in dirs[1:]:
+        farm_cli(["join", code, "--data-dir", str(data_dir)])
 
 
 def _wait_for_roles(lab: NetnsLab, dirs: list[Path]) -> list[dict[str, Any]]:

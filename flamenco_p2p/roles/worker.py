@@ -31,6 +31,7 @@ from flamenco_p2p.transport import DealerLink, RemoteError
 logger = logging.getLogger(__name__)
 
 RESULT_RETRIES = 5
+WORK_ERRORS = (RenderError, BlobError, FarmUnavailable, RemoteError, OSError)
 LOG_BATCH = 50
 PROGRESS_EVERY = 0.5
 
@@ -41,6 +42,7 @@ class RunningTask:
 
     assignment: dict[str, Any]
     task: asyncio.Task[None]
+    work: asyncio.Task[list[dict[str, Any]]]
     canceled: bool = False
 
 
@@ -89,7 +91,6 @@ class WorkerAgent:
         self.manager_epoch = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self.background = BackgroundTasks("worker")
-        self._closing = False
 
     async def start(self) -> None:
         """Start the heartbeat loop; tasks arrive once a manager is set."""
@@ -97,13 +98,13 @@ class WorkerAgent:
 
     async def close(self) -> None:
         """Cancel running tasks, stop render processes, drop the manager link."""
-        self._closing = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
         for slot in self.slots.values():
             if slot.running is not None:
+                slot.running.work.cancel()
                 slot.running.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await slot.running.task
@@ -191,8 +192,11 @@ class WorkerAgent:
             assignment["task_id"],
             _frames_text(assignment["frames"]),
         )
-        task = asyncio.create_task(self._run(slot, assignment))
-        slot.running = RunningTask(assignment, task)
+        # The work runs in its own task, so that a cancel stops the render but
+        # never the report that follows it.
+        work = asyncio.create_task(self._work(slot, assignment))
+        task = asyncio.create_task(self._run(slot, assignment, work))
+        slot.running = RunningTask(assignment, task, work)
 
     async def _on_cancel(self, attempt_id: str) -> None:
         for slot in self.slots.values():
@@ -202,36 +206,51 @@ class WorkerAgent:
             logger.info("worker %s cancels attempt %s", slot.worker_id, attempt_id)
             running.canceled = True
             await slot.process.cancel()
-            running.task.cancel()
+            running.work.cancel()
             return
         logger.info("cancel of attempt %s: not running here", attempt_id)
         await self._report(None, "task_canceled", {"attempt_id": attempt_id})
 
-    async def _run(self, slot: Slot, assignment: dict[str, Any]) -> None:
+    async def _work(
+        self, slot: Slot, assignment: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        if assignment["job_type"] == "sleep":
+            return await self._run_sleep(assignment)
+        return await self._run_render(slot, assignment)
+
+    async def _run(
+        self,
+        slot: Slot,
+        assignment: dict[str, Any],
+        work: asyncio.Task[list[dict[str, Any]]],
+    ) -> None:
         attempt_id = assignment["attempt_id"]
         op = "task_done"
         body: dict[str, Any] = {"attempt_id": attempt_id}
-        try:
-            if assignment["job_type"] == "sleep":
-                body["outputs"] = await self._run_sleep(assignment)
-            else:
-                body["outputs"] = await self._run_render(slot, assignment)
-        except asyncio.CancelledError:
-            if self._closing:
-                # The node is stopping: the manager requeues what it loses.
-                raise
+        await asyncio.wait({work})
+        if work.cancelled():
             op = "task_canceled"
-        except (RenderError, BlobError, FarmUnavailable, RemoteError, OSError) as exc:
+        elif isinstance(error := work.exception(), WORK_ERRORS):
             logger.warning(
-                "worker %s attempt %s failed: %s", slot.worker_id, attempt_id, exc
+                "worker %s attempt %s failed: %s", slot.worker_id, attempt_id, error
             )
             op = "task_failed"
-            body["error"] = str(exc)[:4000]
+            body["error"] = str(error)[:4000]
+        elif error is not None:
+            logger.error(
+                "worker %s attempt %s failed unexpectedly",
+                slot.worker_id,
+                attempt_id,
+                exc_info=error,
+            )
+            op = "task_failed"
+            body["error"] = f"worker error: {type(error).__name__}: {error}"[:4000]
+        else:
+            body["outputs"] = work.result()
         running = slot.running
         if running is not None and running.canceled:
             op = "task_canceled"
-        if op != "task_done":
-            body.pop("outputs", None)
+            body = {"attempt_id": attempt_id}
         await self._flush_log(slot, attempt_id)
         slot.running = None
         await self._report(slot, op, body)
