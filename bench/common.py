@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import platform
 import statistics
@@ -22,7 +23,7 @@ FAST_TIMING = {
     "settle_time": 0.8,
     "worker_silent_after": 2.0,
 }
-"""The [timing] values the test farms use: a single node elects itself in ~1 s."""
+"""The [timing] values of the test farms; a lone node elects itself in about 1 s."""
 
 
 def loopback_address(text: str) -> str:
@@ -41,7 +42,7 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     """Return the nearest-rank percentile of already sorted values."""
     if not sorted_values:
         return float("nan")
-    rank = max(1, round(fraction * len(sorted_values) + 0.5))
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 

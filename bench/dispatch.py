@@ -41,6 +41,7 @@ from bench.common import FAST_TIMING, loopback_address, machine_lines, percentil
 from flamenco_p2p.client import NodeClient
 from flamenco_p2p.config import NodeConfig, config_from_dict, load_node_id
 from flamenco_p2p.daemon import LOG_FORMAT, NodeNameFilter, node_capabilities
+from flamenco_p2p.farmkey import new_farm_key, save_farm_key
 from flamenco_p2p.node import Node
 from flamenco_p2p.roles.worker import WorkerAgent
 
@@ -54,11 +55,12 @@ SleepRunner = Callable[[WorkerAgent, dict[str, Any]], Awaitable[list[dict[str, A
 
 @dataclass
 class RunResult:
-    """What one job run measured."""
+    """Measurements of one job run."""
 
     slots: int
     tasks: int
     elapsed_s: float
+    submit_s: float
     gaps_ns: list[int]
 
     @property
@@ -67,7 +69,7 @@ class RunResult:
         return self.tasks / self.elapsed_s if self.elapsed_s > 0 else float("nan")
 
     def gap_ms(self, fraction: float) -> float:
-        """The gap percentile in milliseconds; fraction 1.0 is the maximum."""
+        """Return a gap percentile in milliseconds (fraction 1.0 is the maximum)."""
         return percentile(sorted(self.gaps_ns), fraction) / 1e6
 
 
@@ -99,9 +101,7 @@ class TaskClock:
         gaps: list[int] = []
         for spans in self.spans.values():
             ordered = sorted(spans)
-            gaps += [
-                ordered[i + 1][0] - ordered[i][1] for i in range(len(ordered) - 1)
-            ]
+            gaps += [ordered[i + 1][0] - ordered[i][1] for i in range(len(ordered) - 1)]
         return gaps
 
 
@@ -122,17 +122,16 @@ def timed_sleep_tasks(clock: TaskClock) -> Iterator[None]:
         clock.record(assignment["worker_id"], start, time.perf_counter_ns())
         return outputs
 
-    WorkerAgent._run_sleep = timed  # type: ignore[method-assign]
+    WorkerAgent._run_sleep = timed  # type: ignore[method-assign, assignment]
     try:
         yield
     finally:
-        WorkerAgent._run_sleep = original  # type: ignore[method-assign]
+        WorkerAgent._run_sleep = original  # type: ignore[method-assign, assignment]
 
 
 def node_config(data_dir: Path, address: str, slots: int) -> NodeConfig:
     """Return a single-node config without mDNS and without the capability probe."""
     raw: dict[str, Any] = {
-        "farm": "bench-dispatch",
         "site": "bench",
         "bind_address": address,
         "mdns": False,
@@ -169,7 +168,7 @@ def log_to_file(node_id: str, level: str, path: Path) -> logging.Handler:
 
 
 async def wait_until_ready(node: Node, slots: int) -> None:
-    """Wait until the node holds both roles and its manager knows every slot."""
+    """Wait until the node is manager and server and has registered every slot."""
     deadline = time.monotonic() + ELECTION_TIMEOUT
     while time.monotonic() < deadline:
         manager = node.manager_role
@@ -217,6 +216,7 @@ async def run_job(
     """Start a fresh node, run one job of tasks zero-length tasks, stop the node."""
     data_dir = root / f"node-{slots}-{tasks}-{time.monotonic_ns()}"
     data_dir.mkdir(parents=True)
+    save_farm_key(data_dir, new_farm_key("bench-dispatch"))
     config = node_config(data_dir, address, slots)
     handler = log_to_file(load_node_id(data_dir), log_level, data_dir / "node.log")
     node = Node(config, await node_capabilities(config))
@@ -229,6 +229,7 @@ async def run_job(
             result = await client.call(
                 "client_submit", {"job": sleep_job(tasks), "blend_path": None}, 60
             )
+            submit_s = time.perf_counter() - started
             await asyncio.wait_for(clock.all_ended.wait(), timeout)
             await wait_job_completed(node, result["job_id"], timeout)
             elapsed = time.perf_counter() - started
@@ -236,21 +237,25 @@ async def run_job(
         await node.stop("benchmark run finished")
         logging.getLogger().removeHandler(handler)
         handler.close()
-    return RunResult(slots, tasks, elapsed, clock.gaps_ns())
+    return RunResult(slots, tasks, elapsed, submit_s, clock.gaps_ns())
 
 
 def print_results(title: str, results: list[RunResult]) -> None:
-    """Print one table row per run."""
+    """Print one table row per run.
+
+    seconds runs from the client_submit call to job completion; submit s is the
+    part until client_submit returned (compiling and inserting the tasks).
+    """
     print(f"\n{title}")
     print(
         f"{'slots':>5} {'tasks':>6} {'gaps':>6} {'p50 ms':>8} {'p95 ms':>8}"
-        f" {'p99 ms':>8} {'max ms':>8} {'seconds':>8} {'tasks/s':>8}"
+        f" {'p99 ms':>8} {'max ms':>8} {'submit s':>8} {'seconds':>8} {'tasks/s':>8}"
     )
     for r in results:
         print(
             f"{r.slots:>5} {r.tasks:>6} {len(r.gaps_ns):>6} {r.gap_ms(0.50):>8.3f}"
             f" {r.gap_ms(0.95):>8.3f} {r.gap_ms(0.99):>8.3f} {r.gap_ms(1.0):>8.3f}"
-            f" {r.elapsed_s:>8.2f} {r.tasks_per_s:>8.0f}"
+            f" {r.submit_s:>8.2f} {r.elapsed_s:>8.2f} {r.tasks_per_s:>8.0f}"
         )
 
 
@@ -283,8 +288,13 @@ async def run_all(args: argparse.Namespace, root: Path) -> None:
                 address = loopback_address(next(addresses))
                 gap_runs.append(
                     await run_job(
-                        root, address, slots, args.gap_tasks, clock,
-                        args.log_level, args.timeout,
+                        root,
+                        address,
+                        slots,
+                        args.gap_tasks,
+                        clock,
+                        args.log_level,
+                        args.timeout,
                     )
                 )
                 print_results("gap run", gap_runs[-1:])
@@ -293,8 +303,13 @@ async def run_all(args: argparse.Namespace, root: Path) -> None:
                 address = loopback_address(next(addresses))
                 rate_runs.append(
                     await run_job(
-                        root, address, slots, args.tasks, clock,
-                        args.log_level, args.timeout,
+                        root,
+                        address,
+                        slots,
+                        args.tasks,
+                        clock,
+                        args.log_level,
+                        args.timeout,
                     )
                 )
                 print_results("throughput run", rate_runs[-1:])
@@ -324,37 +339,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--gap-tasks", type=int, default=2000, help="tasks per gap run (default 2000)"
     )
     parser.add_argument(
-        "--gap-slots", type=parse_counts, default=[1, 4],
+        "--gap-slots",
+        type=parse_counts,
+        default=[1, 4],
         help="worker slots of each gap run, comma-separated (default 1,4);"
         " an empty string skips the gap runs",
     )
     parser.add_argument(
-        "--tasks", type=int, default=10_000,
+        "--tasks",
+        type=int,
+        default=10_000,
         help="tasks per throughput run (default 10000)",
     )
     parser.add_argument(
-        "--slots", type=parse_counts, default=[1, 4, 16],
+        "--slots",
+        type=parse_counts,
+        default=[1, 4, 16],
         help="worker slots of each throughput run, comma-separated (default 1,4,16)",
     )
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs of each configuration (default 1)"
     )
     parser.add_argument(
-        "--address-prefix", default="127.88.0",
+        "--address-prefix",
+        default="127.88.0",
         help="first three octets of the loopback addresses the nodes bind"
         " (default 127.88.0; the runs use .10, .11, ...)",
     )
     parser.add_argument(
-        "--log-level", default="INFO",
+        "--log-level",
+        default="INFO",
         help="node log level, written to a file in the temporary folder (default"
         " INFO, as `flamenco-p2p run` uses)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=600.0,
+        "--timeout",
+        type=float,
+        default=600.0,
         help="seconds one job may take before the run fails (default 600)",
     )
     parser.add_argument(
-        "--profile", type=Path, default=None,
+        "--profile",
+        type=Path,
+        default=None,
         help="run everything under cProfile, write the stats to this file and print"
         " the top functions",
     )

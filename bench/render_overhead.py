@@ -3,10 +3,12 @@
 Builds the demo scene, then times:
 
 - plain: one child Python process that imports bpy, opens the file and renders
-  every frame with write_still, from process start to exit;
-- farm: a `flamenco-p2p run` daemon as a user starts it, with one worker slot, that
-  renders the same frames as a blender-render job with a given chunk size, from the
-  client_submit call to the job's completion time in the server's store.
+  every frame with write_still, from process start until the last frame is written
+  (the table also shows the time until the process exited, as "plain exit");
+- farm: a `flamenco-p2p run` daemon, started as a user starts it, with one worker
+  slot. It renders the same frames as a blender-render job with a given chunk size.
+  The time runs from the client_submit call to the job's completion time in the
+  server's store.
 
 Both sides start cold: the farm's worker starts its render child (bpy import and
 file load) on the first task, as the plain process does. The daemon's own start-up
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -32,7 +35,6 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +57,14 @@ OVERHEAD_TARGET_PERCENT = 5.0
 DAEMON_READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 
-# Runs under the Python with bpy; reads its settings as JSON from stdin because the
-# Cycles add-on parses sys.argv during the bpy import. Mirrors the farm's runner:
-# open the file without its scripts, then frame_set and write_still per frame.
+# Runs under the Python with bpy. It reads its settings as JSON from stdin, because
+# the Cycles add-on parses sys.argv during the bpy import. Like the farm's runner, it
+# opens the file without its scripts, then calls frame_set and write_still per frame.
 PLAIN_RENDER_SCRIPT = r"""
 import json
 import os
 import sys
+import time
 
 settings = json.load(sys.stdin)
 import bpy
@@ -78,19 +81,19 @@ for frame in settings["frames"]:
     bpy.ops.render.render(write_still=True)
     if not os.path.isfile(path):
         sys.exit(f"frame {frame}: no file at {path}")
+print("BENCH_FRAMES_DONE", time.time(), flush=True)
 """
 
 
-@dataclass
-class Timing:
-    """One timed render of all frames."""
+def plain_render(
+    python: str, blend: Path, frames: int, out_dir: Path
+) -> tuple[float, float]:
+    """Render every frame in one bpy child process.
 
-    label: str
-    seconds: float
-
-
-def plain_render(python: str, blend: Path, frames: int, out_dir: Path) -> float:
-    """Render every frame in one bpy child process; return its wall time in seconds."""
+    Returns the seconds from the start until the last frame was written, and until
+    the process exited. The first is the baseline, because the farm's time also
+    ends at the last frame while its render child keeps running.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
         "blend": str(blend),
@@ -98,6 +101,7 @@ def plain_render(python: str, blend: Path, frames: int, out_dir: Path) -> float:
         "output_dir": str(out_dir),
     }
     scratch = out_dir.parent / (out_dir.name + "-scratch")
+    started_wall = time.time()
     started = time.perf_counter()
     result = subprocess.run(
         [python, "-c", PLAIN_RENDER_SCRIPT],
@@ -118,15 +122,40 @@ def plain_render(python: str, blend: Path, frames: int, out_dir: Path) -> float:
     written = sorted(out_dir.glob("frame_*"))
     if len(written) != frames:
         raise RuntimeError(f"plain render wrote {len(written)} of {frames} frames")
-    return seconds
+    done = [
+        line.split()[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("BENCH_FRAMES_DONE ")
+    ]
+    if not done:
+        raise RuntimeError("plain render printed no BENCH_FRAMES_DONE line")
+    return float(done[-1]) - started_wall, seconds
 
 
 def write_daemon_config(data_dir: Path, address: str) -> None:
-    """Write a one-node config: one slot, no mDNS, no capability probe."""
+    """Create the farm as a user does, then write a one-node config.
+
+    The config has one slot, no mDNS and no capability probe.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flamenco_p2p",
+            "init",
+            "--farm",
+            "bench-render",
+            "--data-dir",
+            str(data_dir),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     timing = "".join(f"{key} = {value}\n" for key, value in FAST_TIMING.items())
     text = (
-        'farm = "bench-render"\nsite = "bench"\n'
+        'site = "bench"\n'
         f'bind_address = "{address}"\nmdns = false\nseeds = []\n\n'
         "[worker]\nslots = 1\n\n"
         f"{NO_PROBE_TOML}\n[timing]\n{timing}"
@@ -137,8 +166,14 @@ def write_daemon_config(data_dir: Path, address: str) -> None:
 def start_daemon(data_dir: Path) -> subprocess.Popen[bytes]:
     """Start `flamenco-p2p run` in its own process group."""
     argv = [
-        sys.executable, "-m", "flamenco_p2p", "run",
-        "--data-dir", str(data_dir), "--log-file", str(data_dir / "node.log"),
+        sys.executable,
+        "-m",
+        "flamenco_p2p",
+        "run",
+        "--data-dir",
+        str(data_dir),
+        "--log-file",
+        str(data_dir / "node.log"),
     ]
     return subprocess.Popen(
         argv,
@@ -157,10 +192,32 @@ def stop_daemon(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+
+
+async def wait_for_port(
+    address: str, port: int, process: subprocess.Popen[bytes]
+) -> None:
+    """Wait until the daemon accepts TCP connections on its node port.
+
+    NodeClient raises FarmUnavailable at once when nothing listens yet.
+    """
+    deadline = time.monotonic() + DAEMON_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"daemon exited with status {process.returncode}")
+        try:
+            _reader, writer = await asyncio.open_connection(address, port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise TimeoutError(
+        f"daemon did not listen on {address}:{port} within {DAEMON_READY_TIMEOUT} s"
+    )
 
 
 async def wait_for_roles(client: NodeClient, process: subprocess.Popen[bytes]) -> None:
@@ -224,9 +281,11 @@ async def farm_render(
         cwd=blend.parent,
         name=f"bench chunk {chunk}",
     )
+    config = load_config(data_dir)
     process = start_daemon(data_dir)
     try:
-        async with NodeClient.for_config(load_config(data_dir), timeout=20) as client:
+        await wait_for_port(config.bind_address, config.node_port, process)
+        async with NodeClient.for_config(config, timeout=20) as client:
             await wait_for_roles(client, process)
             seconds = await submit_and_wait(client, job, blend, timeout)
     finally:
@@ -240,23 +299,32 @@ async def farm_render(
 def print_table(
     timings: dict[str, list[float]], frames: int, plain_label: str
 ) -> list[str]:
-    """Print the results table and return the summary parts."""
+    """Print the results table and return the summary parts.
+
+    The overhead columns compare medians. The min columns show the fastest run of
+    each kind, which varies less than the median on a machine shared with others.
+    """
     plain = median(timings[plain_label])
+    plain_min = min(timings[plain_label])
     print(
-        f"\n{'run':<12} {'runs':>4} {'median s':>9} {'s/frame':>8}"
-        f" {'overhead s':>10} {'ms/frame':>9} {'overhead':>9}"
+        f"\n{'run':<12} {'runs':>4} {'median s':>9} {'min s':>7} {'s/frame':>8}"
+        f" {'overhead s':>10} {'ms/frame':>9} {'overhead':>9} {'min overhead':>12}"
     )
     parts = []
     for label, values in timings.items():
         seconds = median(values)
         extra = seconds - plain
         percent = 100 * extra / plain
+        min_percent = 100 * (min(values) - plain_min) / plain_min
         print(
-            f"{label:<12} {len(values):>4} {seconds:>9.2f} {seconds / frames:>8.3f}"
-            f" {extra:>10.2f} {1000 * extra / frames:>9.0f} {percent:>8.1f}%"
+            f"{label:<12} {len(values):>4} {seconds:>9.2f} {min(values):>7.2f}"
+            f" {seconds / frames:>8.3f} {extra:>10.2f} {1000 * extra / frames:>9.0f}"
+            f" {percent:>8.1f}% {min_percent:>11.1f}%"
         )
-        if label != plain_label:
-            parts.append(f"{label} {percent:+.1f}% ({1000 * extra / frames:+.0f} ms/frame)")
+        if label not in (plain_label, "plain exit"):
+            parts.append(
+                f"{label} {percent:+.1f}% ({1000 * extra / frames:+.0f} ms/frame)"
+            )
     return parts
 
 
@@ -265,7 +333,10 @@ async def run_all(args: argparse.Namespace, root: Path) -> None:
     blend = root / "scene" / "demo.blend"
     width, height = args.resolution
     make_demo_scene(
-        blend, frames=args.frames, resolution=(width, height), samples=args.samples,
+        blend,
+        frames=args.frames,
+        resolution=(width, height),
+        samples=args.samples,
         python=args.python,
     )
     print(
@@ -276,20 +347,31 @@ async def run_all(args: argparse.Namespace, root: Path) -> None:
     run = 0
     for repeat in range(args.repeats):
         run += 1
-        seconds = plain_render(
+        seconds, exited = plain_render(
             args.python, blend, args.frames, root / f"plain-{repeat}" / "out"
         )
         timings["plain bpy"].append(seconds)
-        print(f"repeat {repeat + 1}: plain bpy {seconds:.2f} s", flush=True)
+        timings["plain exit"].append(exited)
+        print(
+            f"repeat {repeat + 1}: plain bpy {seconds:.2f} s to the last frame,"
+            f" {exited:.2f} s to process exit",
+            flush=True,
+        )
         for chunk in args.chunks:
             run += 1
             address = loopback_address(f"{args.address_prefix}.{10 + run}")
             seconds = await farm_render(
-                root / f"farm-{repeat}-{chunk}", address, blend, args.frames, chunk,
+                root / f"farm-{repeat}-{chunk}",
+                address,
+                blend,
+                args.frames,
+                chunk,
                 args.timeout,
             )
             timings[f"farm chunk {chunk}"].append(seconds)
-            print(f"repeat {repeat + 1}: farm chunk {chunk} {seconds:.2f} s", flush=True)
+            print(
+                f"repeat {repeat + 1}: farm chunk {chunk} {seconds:.2f} s", flush=True
+            )
     parts = print_table(timings, args.frames, "plain bpy")
     plain = median(timings["plain bpy"])
     print(
@@ -303,35 +385,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=12, help="frames (default 12)")
     parser.add_argument(
-        "--resolution", type=int, nargs=2, default=[320, 180],
-        metavar=("WIDTH", "HEIGHT"), help="pixels (default 320 180)",
+        "--resolution",
+        type=int,
+        nargs=2,
+        default=[320, 180],
+        metavar=("WIDTH", "HEIGHT"),
+        help="pixels (default 320 180)",
     )
     parser.add_argument(
         "--samples", type=int, default=16, help="Cycles samples (default 16)"
     )
     parser.add_argument(
-        "--chunks", default="1,4",
+        "--chunks",
+        default="1,4",
         help="farm chunk sizes in frames per task, comma-separated (default 1,4)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=1,
+        "--repeats",
+        type=int,
+        default=1,
         help="runs of each configuration; the table shows medians (default 1)",
     )
     parser.add_argument(
-        "--python", default=sys.executable,
+        "--python",
+        default=sys.executable,
         help="Python with bpy for the plain run and the scene (default: this one)",
     )
     parser.add_argument(
-        "--address-prefix", default="127.88.1",
+        "--address-prefix",
+        default="127.88.1",
         help="first three octets of the loopback addresses the daemons bind"
         " (default 127.88.1)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=900.0,
+        "--timeout",
+        type=float,
+        default=900.0,
         help="seconds one farm job may take (default 900)",
     )
     parser.add_argument(
-        "--keep", action="store_true",
+        "--keep",
+        action="store_true",
         help="keep the temporary folder with the scene, frames and logs",
     )
     args = parser.parse_args(argv)

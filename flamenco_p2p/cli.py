@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,16 +33,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        result: int = args.handler(args)
-    except FarmError as exc:
-        print(f"flamenco-p2p: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except RemoteError as exc:
-        print(f"flamenco-p2p: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
-    return result
+    except BrokenPipeError:
+        # The reader went away (`status | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (FarmError, RemoteError, OSError) as exc:
+        print(f"flamenco-p2p: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default when it has one and its help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,9 +95,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_init(commands: Any) -> None:
-    init = commands.add_parser("init", help="create a new farm with a random farm key")
+    init = commands.add_parser(
+        "init",
+        formatter_class=HelpFormatter,
+        help="create a new farm with a random farm key",
+    )
     _common(init)
-    init.add_argument("--farm", default="default", help="farm name (default: default)")
+    init.add_argument("--farm", default="default", help="farm name")
     init.add_argument(
         "--force", action="store_true", help="replace this node's existing farm key"
     )
@@ -94,14 +110,20 @@ def _add_init(commands: Any) -> None:
 
 def _add_invite(commands: Any) -> None:
     invite = commands.add_parser(
-        "invite", help="print the join code that lets another machine join this farm"
+        "invite",
+        formatter_class=HelpFormatter,
+        help="print the join code that lets another machine join this farm",
     )
     _common(invite)
     invite.set_defaults(handler=_invite)
 
 
 def _add_join(commands: Any) -> None:
-    join = commands.add_parser("join", help="join a farm with a code from `invite`")
+    join = commands.add_parser(
+        "join",
+        formatter_class=HelpFormatter,
+        help="join a farm with a code from `invite`",
+    )
     _common(join)
     join.add_argument("code", help="the join code, fp1-...")
     join.add_argument(
@@ -111,7 +133,11 @@ def _add_join(commands: Any) -> None:
 
 
 def _add_run(commands: Any) -> None:
-    run = commands.add_parser("run", help="run this machine's node until stopped")
+    run = commands.add_parser(
+        "run",
+        formatter_class=HelpFormatter,
+        help="run this machine's node until stopped",
+    )
     _common(run)
     run.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR"
@@ -123,14 +149,21 @@ def _add_run(commands: Any) -> None:
 
 
 def _add_submit(commands: Any) -> None:
-    submit = commands.add_parser("submit", help="submit a blend file to the farm")
+    submit = commands.add_parser(
+        "submit",
+        formatter_class=HelpFormatter,
+        help="submit a blend file to the farm",
+    )
     _common(submit)
     submit.add_argument("file", type=Path, help="the .blend file to render")
     submit.add_argument(
-        "--frames", required=True, help="frames, such as 1-250 or 1-10,20"
+        "--frames",
+        required=True,
+        help="frames, such as 1-250 or 1-10,20; write --frames=-5--1 when the"
+        " spec starts with a minus sign",
     )
     submit.add_argument(
-        "--chunk", type=int, default=1, help="frames per task (default 1)"
+        "--chunk", type=int, default=1, help="frames per task, 1 to 1000"
     )
     submit.add_argument(
         "--output",
@@ -141,18 +174,27 @@ def _add_submit(commands: Any) -> None:
         "--name", default=None, help="job name (default: the file name)"
     )
     submit.add_argument(
-        "--priority", type=int, default=50, help="0 to 100, higher first"
+        "--priority", type=int, default=50, help="0 to 100; higher runs first"
     )
-    submit.add_argument("--engine", default=None, help="CYCLES, BLENDER_EEVEE, ...")
-    submit.add_argument("--samples", type=int, default=None, help="render samples")
     submit.add_argument(
-        "--resolution", type=int, default=None, help="resolution percentage (1-1000)"
+        "--engine",
+        default=None,
+        help="CYCLES, BLENDER_EEVEE or BLENDER_WORKBENCH (default: the file's)",
+    )
+    submit.add_argument(
+        "--samples", type=int, default=None, help="render samples (default: the file's)"
+    )
+    submit.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="resolution percentage, 1 to 1000 (default: the file's)",
     )
     submit.add_argument(
         "--gpu",
         choices=("none", "prefer", "require"),
         default="none",
-        help="whether the job needs a GPU worker (default none)",
+        help="whether the job needs a GPU worker",
     )
     submit.add_argument(
         "--no-wait", action="store_true", help="return after submitting"
@@ -161,21 +203,33 @@ def _add_submit(commands: Any) -> None:
 
 
 def _add_status(commands: Any) -> None:
-    status = commands.add_parser("status", help="list nodes, roles and jobs")
+    status = commands.add_parser(
+        "status",
+        formatter_class=HelpFormatter,
+        help="list nodes, roles and jobs",
+    )
     _common(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=_status)
 
 
 def _add_cancel(commands: Any) -> None:
-    cancel = commands.add_parser("cancel", help="cancel a job")
+    cancel = commands.add_parser(
+        "cancel",
+        formatter_class=HelpFormatter,
+        help="cancel a job",
+    )
     _common(cancel)
     cancel.add_argument("job_id", help="the id that submit printed")
     cancel.set_defaults(handler=_cancel)
 
 
 def _add_log(commands: Any) -> None:
-    log = commands.add_parser("log", help="print the render log of a job's tasks")
+    log = commands.add_parser(
+        "log",
+        formatter_class=HelpFormatter,
+        help="print the render log of a job's tasks",
+    )
     _common(log)
     log.add_argument("job_id", help="the id that submit printed")
     log.add_argument(
@@ -186,20 +240,22 @@ def _add_log(commands: Any) -> None:
 
 def _add_demo(commands: Any) -> None:
     demo = commands.add_parser(
-        "demo", help="render the demo animation on three local nodes"
+        "demo",
+        formatter_class=HelpFormatter,
+        help="render the demo animation on three local nodes",
     )
     demo.add_argument(
-        "--frames", type=int, default=12, help="frames to render (default 12)"
+        "--frames", type=int, default=12, help="number of frames to render, 1 to 250"
     )
     demo.add_argument(
         "--output",
         type=Path,
         default=Path("demo-output"),
-        help="where the frames go (default ./demo-output)",
+        help="where the frames go",
     )
     demo.add_argument("--work-dir", type=Path, default=None, help="keep node data here")
     demo.add_argument(
-        "--timeout", type=float, default=900, help="give up after seconds"
+        "--timeout", type=float, default=900, help="give up after this many seconds"
     )
     demo.set_defaults(handler=_demo)
 
@@ -272,14 +328,22 @@ async def _submit_async(config: NodeConfig, args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     async with NodeClient.for_config(config) as client:
         result = await client.call(
-            "client_submit", {"job": job, "blend_path": str(blend)}, timeout=60
+            "client_submit", {"job": job, "blend_path": str(blend)}, timeout=150
         )
         job_id = result["job_id"]
         print(job_id)
         sys.stdout.flush()
         if args.no_wait:
             return 0
-        final = await wait_for_job(client, job_id)
+        try:
+            final = await wait_for_job(client, job_id)
+        except asyncio.CancelledError:
+            print(
+                f"\nstopped watching; job {job_id} keeps rendering. Watch it with"
+                f" `flamenco-p2p status`, stop it with `flamenco-p2p cancel {job_id}`",
+                file=sys.stderr,
+            )
+            raise
     print(f"job {job_id} {final['status']}", file=sys.stderr)
     return 0 if final["status"] == "completed" else EXIT_FAILED
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -37,7 +38,8 @@ def setup_logging(node_id: str, level: str, log_file: Path | None) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise SystemExit(
-            f"flamenco-p2p: invalid --log-level {level!r}; use INFO or DEBUG"
+            f"flamenco-p2p: invalid --log-level {level!r}; use DEBUG, INFO, WARNING"
+            " or ERROR"
         )
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
@@ -127,17 +129,24 @@ async def run_daemon(config: NodeConfig, log_level: str, log_file: Path | None) 
     try:
         await node.start()
     except (OSError, zmq.ZMQError) as exc:
-        logger.error(
-            "cannot start: %s; is another node using %s:%d?",
-            exc,
-            config.bind_address,
-            config.node_port,
-        )
+        logger.error("cannot start: %s; %s", exc, _bind_hint(exc, config))
         await node.stop("start failed")
         return 1
     await stop.wait()
     await node.stop(f"received {received[0]}" if received else "stop requested")
     return 0
+
+
+def _bind_hint(exc: Exception, config: NodeConfig) -> str:
+    if getattr(exc, "errno", None) == errno.EADDRNOTAVAIL:
+        return (
+            f"bind_address {config.bind_address} is not an address of this machine;"
+            " set it to one that `ip address` lists"
+        )
+    return (
+        f"is another node (or program) using {config.bind_address}:"
+        f"{config.node_port}? Give each node its own address or ports"
+    )
 
 
 def _on_signal(stop: asyncio.Event, received: list[str], number: int) -> None:

@@ -33,6 +33,12 @@ def run_demo(frames: int, output: Path, work_dir: Path | None, timeout: float) -
     """Run the whole demo; returns the exit status."""
     if not 1 <= frames <= 250:
         raise FarmError(f"--frames {frames} is invalid; use 1 to 250")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FarmError(
+            f"--output {output} cannot be used as a folder: {exc.strerror or exc}"
+        ) from exc
     started = time.monotonic()
     work = work_dir or Path(tempfile.mkdtemp(prefix="flamenco-p2p-demo-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ class InvalidTransition(StateError):
         self.current = current
         self.requested = requested
         super().__init__(
-            f"{kind} {item_id} cannot go from {current!r} to {requested!r}"
+            f"{kind} {item_id} cannot go from '{current}' to '{requested}'"
         )
 
 

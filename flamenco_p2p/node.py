@@ -504,8 +504,13 @@ class Node:
         return self.election.view(manager_role(site)).epoch
 
     async def _step_down(self, action: StepDown) -> None:
-        logger.warning(
-            "leaving role %s epoch %d: %s", action.role, action.epoch, action.reason
+        level = logging.INFO if self._stopping else logging.WARNING
+        logger.log(
+            level,
+            "leaving role %s epoch %d: %s",
+            action.role,
+            action.epoch,
+            action.reason,
         )
         if action.role == SERVER_ROLE and self.server_role is not None:
             role, self.server_role = self.server_role, None

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 MAX_OPEN_OUTPUTS = 64
 SERVER_TIMEOUT = 15.0
 SUBMISSION_WAIT = 5.0
+# Compiling and storing a job of a million frames takes about 15 s on 2 cores.
+SUBMIT_TIMEOUT = 120.0
 # Client requests that the node passes on to the server unchanged.
 FORWARDED_OPS = {
     "client_job": "get_job",
@@ -99,7 +102,9 @@ class ClientService:
             "unknown_op", f"operation {message.op!r} is not served here", "op"
         )
 
-    async def call_server(self, op: str, body: dict[str, Any]) -> Any:
+    async def call_server(
+        self, op: str, body: dict[str, Any], timeout: float = SERVER_TIMEOUT
+    ) -> Any:
         """Forward a request to the farm's server."""
         try:
             await asyncio.wait_for(self.server_ready.wait(), SERVER_TIMEOUT)
@@ -113,7 +118,7 @@ class ClientService:
         if link is None:
             raise RemoteError("unavailable", "the farm has no server right now", None)
         try:
-            return await link.call(op, body, timeout=SERVER_TIMEOUT)
+            return await link.call(op, body, timeout=timeout)
         except FarmUnavailable as exc:
             raise RemoteError("unavailable", str(exc), None) from exc
 
@@ -140,11 +145,20 @@ class ClientService:
         from flamenco_p2p.jobs.spec import JobSpec
 
         spec = JobSpec.from_dict(job)
-        result: dict[str, Any] = await self.call_server(
-            "submit_job", {"job": spec.to_dict()}
-        )
-        job_id = result["job_id"]
+        # The record must exist before the server can hand out the first task,
+        # because workers deliver outputs against it.
+        job_id = uuid.uuid4().hex
         self._record_submission(job_id, settings)
+        try:
+            await self.call_server(
+                "submit_job",
+                {"job": spec.to_dict(), "job_id": job_id},
+                timeout=SUBMIT_TIMEOUT,
+            )
+        except RemoteError as exc:
+            if exc.code != "unavailable":
+                self._submission_path(job_id).unlink(missing_ok=True)
+            raise
         return {"job_id": job_id}
 
     def _record_submission(self, job_id: str, settings: dict[str, Any]) -> None:

@@ -115,7 +115,7 @@ class ZapHandler:
             return
         self.last_logged = now
         logger.warning(
-            "refused a ZeroMQ client at %s (%d so far): its CURVE key is not this"
+            "rejected a ZeroMQ client at %s (%d so far): its CURVE key is not this"
             " farm's",
             address,
             self.refused,
@@ -160,7 +160,7 @@ class HandshakeWatch:
             return
         self.last_logged = now
         logger.warning(
-            "%s: refused a connection whose CURVE handshake failed (%s, %d so far);"
+            "%s: rejected a connection whose CURVE handshake failed (%s, %d so far);"
             " only nodes with this farm's key can connect",
             self.name,
             _event_name(event.get("event", 0)),

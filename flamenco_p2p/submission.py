@@ -10,6 +10,20 @@ from flamenco_p2p.frames import parse_frames
 from flamenco_p2p.outputs import split_output, template_warnings
 
 
+def _output_warnings(output: str, folder: str, name: str, digits: int) -> list[str]:
+    """Warn about output names that Blender accepts but that surprise people."""
+    if not name:
+        # A folder: Blender names frames with 4 digits, more when a frame needs it.
+        return []
+    warnings = template_warnings(name, digits)
+    if "#" not in name and not Path(folder, name).suffix:
+        warnings.append(
+            f"--output {output!r} makes frames named {name}0001.png in {folder};"
+            f" end it with / to make {name} a folder instead"
+        )
+    return warnings
+
+
 def build_render_job(
     *,
     blend: Path,
@@ -35,7 +49,7 @@ def build_render_job(
         raise InvalidInput(f"--chunk {chunk} is invalid; use 1 to 1000 frames per task")
     output_dir, output_name = split_output(output, str(cwd), str(blend.parent))
     largest = max(abs(f) for f in frame_list)
-    warnings = template_warnings(output_name, len(str(largest)))
+    warnings = _output_warnings(output, output_dir, output_name, len(str(largest)))
     overrides: dict[str, Any] = {}
     if engine is not None:
         overrides["engine"] = engine.upper()

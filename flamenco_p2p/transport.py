@@ -50,7 +50,9 @@ class RemoteError(Exception):
     def __init__(self, code: str, message: str, field: str | None) -> None:
         self.code = code
         self.field = field
-        super().__init__(f"{code}: {message}")
+        # The message alone: codes are for programs, and a message that crossed
+        # several nodes would otherwise collect one prefix per hop.
+        super().__init__(message)
 
 
 def configure(sock: zmq.asyncio.Socket) -> None:

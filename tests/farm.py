@@ -187,7 +187,11 @@ class LocalFarm:
         )
 
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
-        """Send a signal to one node's process group (its render children too)."""
+        """Send a signal to one node's process group.
+
+        Render children run in sessions of their own, so they are not in the
+        group: they must end with their node by themselves.
+        """
         process = self.nodes[index].process
         assert process is not None
         if sig == signal.SIGKILL:

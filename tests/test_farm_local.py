@@ -181,3 +181,25 @@ async def _wait_active(farm: LocalFarm, job_id: str, count: int) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"fewer than {count} tasks became active: {view}")
+
+
+async def test_farm_stopping_worker_hands_task_back(tmp_path: Path) -> None:
+    roles = "[roles]\nmanager = false\nserver = false\n"
+    with LocalFarm(tmp_path, 2, per_node_config={1: roles}) as farm:
+        await farm.wait_for_roles()
+        job_id = await submit(farm, sleep_job(2, 4.0))
+        worker = _node_id(farm, 1)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            view = await farm.call(0, "client_job", {"job_id": job_id})
+            if any(
+                t["status"] == "active" and node_of(t) == worker for t in view["tasks"]
+            ):
+                break
+            await asyncio.sleep(0.1)
+        farm.kill(1, signal.SIGTERM)
+        view = await farm.wait_for_job(job_id, timeout=60)
+        assert view["job"]["status"] == "completed", farm.logs()
+        assert {node_of(t) for t in view["tasks"]} == {_node_id(farm, 0)}
+        assert "its node is stopping" in farm.nodes[0].log_text()
+        assert "rejected" not in farm.nodes[1].log_text()

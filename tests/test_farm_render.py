@@ -116,7 +116,13 @@ async def test_render_killed_worker_frame_rendered_once_elsewhere(
             ):
                 break
             await asyncio.sleep(0.1)
+        assert blender_processes(farm.nodes[1].data_dir)
         farm.kill(1)
+        # The render child dies with its worker instead of rendering on alone.
+        deadline = time.monotonic() + 5
+        while blender_processes(farm.nodes[1].data_dir):
+            assert time.monotonic() < deadline, "render child outlived its worker"
+            await asyncio.sleep(0.1)
         view = await farm.wait_for_job(job_id, timeout=300)
         assert view["job"]["status"] == "completed", farm.logs()
     assert Counter(t["status"] for t in view["tasks"]) == {"completed": 4}

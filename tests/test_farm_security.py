@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
-
 from farm import LocalFarm
+from test_farm_local import node_of, sleep_job, submit
+
 from flamenco_p2p.farmkey import load_farm_key
 from flamenco_p2p.protocol.messages import pack
-from flamenco_p2p.security import farm_context
+from flamenco_p2p.security import farm_context, secure_client
 from flamenco_p2p.transport import DealerLink, configure
-from test_farm_local import node_of, sleep_job, submit
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ async def test_stranger_refused_and_farm_keeps_working(tmp_path: Path) -> None:
         blobs = farm.nodes[STRANGER].data_dir / "blobs"
         assert not [p for p in blobs.rglob("*") if p.is_file()]
         logs = all_logs(farm)
-        assert "refused a connection whose CURVE handshake failed" in logs
+        assert "rejected a connection whose CURVE handshake failed" in logs
         assert "belongs to another farm" in farm.nodes[STRANGER].log_text()
         assert "Traceback" not in logs
 
@@ -94,7 +94,7 @@ async def test_plain_zmq_and_raw_tcp_get_nothing(tmp_path: Path) -> None:
             assert node.process is not None
             assert node.process.poll() is None
         logs = all_logs(farm)
-        assert "refused a connection whose CURVE handshake failed" in logs
+        assert "rejected a connection whose CURVE handshake failed" in logs
         assert "Traceback" not in logs
 
 
@@ -105,8 +105,6 @@ async def test_member_garbage_is_dropped_and_logged(tmp_path: Path) -> None:
         ctx = farm_context(load_farm_key(node.data_dir))
         sock = ctx.socket(zmq.DEALER)
         configure(sock)
-        from flamenco_p2p.security import secure_client
-
         secure_client(sock, ctx)
         sock.connect(f"tcp://{node.address}:7777")
         try:

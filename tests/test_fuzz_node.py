@@ -1,7 +1,7 @@
 """A running node under more than 100,000 mutated messages on all of its ports.
 
-A 1-node farm holds the node, manager and server roles, so one daemon serves all
-three ports. A member client (it has the farm key, so CURVE and ZAP admit it) sends
+In a 1-node farm the one daemon has the manager and server roles, so it serves
+all three ports. A member client (it has the farm key, so CURVE and ZAP admit it) sends
 schema-valid bodies, mutated bodies and mutated frames for every operation in
 BODIES. Afterwards the daemon must still run, must have logged no traceback, must
 not have grown much, and must still render a job.
@@ -67,15 +67,16 @@ STABLE_MESSAGES = 90_000
 ELECTION_MESSAGES = 20_000
 BARRIER_EVERY = 250
 BARRIER_TIMEOUT = 30.0
-# Fraction of messages sent unchanged; the rest get a mutated body or frame.
+# Fraction of messages sent unchanged. The rest get a mutated body or frame.
 VALID_FRACTION = 0.25
 FRAME_MUTATION_FRACTION = 0.3
 
-# The daemon's own state is bounded (1,024 rate-limit keys per endpoint, 512
-# peers, 1,000 votes, 64 open outputs), and rejected frames leave nothing behind.
-# What may grow is the farm database's page cache and the job rows of the valid
-# submissions (a few thousand), a few MB. 100 MB is well above that and well below
-# what an unbounded table of the fuzzed ids, roles or contacts would take.
+# The daemon's own tables are bounded (1,024 rate-limit keys per endpoint, 512
+# peers, 1,000 votes, 64 open outputs). On a 2-core VM the resident size grew by
+# about 55 MB in a run with the addresses drawn from 7 loopback ones: handler tasks
+# still waiting on timeouts, job rows, the database cache and allocator high-water
+# (an estimate, not a breakdown). 100 MB leaves room for that, and a table that
+# grows with every fuzzed id, role or contact passes it within one run.
 RSS_GROWTH_LIMIT = 100 * 1024 * 1024
 
 FARM_ROLES = ("server", "manager:lab")
@@ -115,6 +116,12 @@ def wildcard_ports() -> set[int]:
                 if fields[3] == "0A" and address == any_address:
                     ports.add(int(port, 16))
     return ports
+
+
+def first_traceback(log: str) -> str:
+    """Return the log lines around the first traceback."""
+    start = log.index("Traceback")
+    return log[max(0, start - 300) : start + 3000]
 
 
 def resident_bytes(pid: int) -> int:
@@ -668,7 +675,7 @@ def learn_ids(value: Any, known: list[str], depth: int = 0) -> None:
 
 
 async def barrier(port: Port, request_id: int, timeout: float) -> bool:
-    """Wait until the node answered every frame sent before this one on port.
+    """Wait until the node has replied to every frame sent before this one on port.
 
     A ROUTER reads one peer's frames in order, and a frame with an unknown operation
     and a request id gets its error reply from the receiving loop itself.
@@ -735,7 +742,7 @@ def open_port(ctx: zmq.asyncio.Context, name: str, endpoint: str) -> Port:
     sock = ctx.socket(zmq.DEALER)
     configure(sock)
     secure_client(sock, ctx)
-    # Nothing queues while a role port is unbound; such messages count as dropped.
+    # Nothing queues while a role port is unbound, so such messages count as dropped.
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.connect(endpoint)
@@ -793,9 +800,16 @@ async def test_node_survives_fuzzed_messages(tmp_path: Path) -> None:
         try:
             for port in ports.values():
                 await wait_connected(port)
-            # A warm-up round loads every code path, so the first reading of the
-            # resident size already counts the modules and caches they need.
+            # A warm-up round loads every code path, and frames near the size
+            # limit raise the allocator's high-water mark, so the first reading of
+            # the resident size already counts what any later frame can need.
             await fuzz(ports, generator, 5_000, next_barrier, True)
+            for port in ports.values():
+                envelope = {"op": "blob_data", "v": 1, "from": generator.sender}
+                for _ in range(3):
+                    await port.sock.send(near_limit_frame(envelope))
+                next_barrier[0] += 1
+                assert await barrier(port, next_barrier[0], BARRIER_TIMEOUT)
             await asyncio.sleep(6)
             rss_before = resident_bytes(pid)
             started = time.monotonic()
@@ -838,13 +852,18 @@ async def test_node_survives_fuzzed_messages(tmp_path: Path) -> None:
         rss_after = resident_bytes(pid)
         growth = rss_after - rss_before
         print(f"resident size: {rss_before} -> {rss_after} bytes")
-        log = node.log_text()
-        assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
-        failed = HANDLER_FAILED.search(log)
-        assert failed is None, log[failed.start() - 500 :][:3000] if failed else ""
         assert growth < RSS_GROWTH_LIMIT, f"grew by {growth} bytes; {report}"
 
         status = await farm.call(0, "client_status", {})
         assert status["node_id"] == node_id
-        await farm.wait_for_roles(timeout=90)
+        await farm.wait_for_roles(timeout=60)
         await render_two_frames(farm, tmp_path)
+
+        # The log is checked last, so that a failure here still means that the
+        # node survived and rendered.
+        log = node.log_text()
+        assert "Traceback" not in log, first_traceback(log)
+        failed = HANDLER_FAILED.search(log)
+        assert failed is None, (
+            log[max(0, failed.start() - 500) :][:3000] if failed else ""
+        )

@@ -149,6 +149,7 @@ BODIES: dict[str, Map] = {
         {"worker": WORKER, "slots": Int(1, 64), "running": List(ITEM_ID, max_len=64)}
     ),
     "worker_heartbeat": Map({"worker_id": ITEM_ID}),
+    "worker_leaving": Map({"worker_id": ITEM_ID}),
     "task_assign": Map({"assignment": ASSIGNMENT}),
     "task_cancel": Map({"attempt_id": ITEM_ID}),
     "task_progress": Map(
@@ -181,7 +182,10 @@ BODIES: dict[str, Map] = {
     ),
     "assign": Map({"assignment": ASSIGNMENT}),
     "cancel_attempt": Map({"attempt_id": ITEM_ID, "worker_id": ITEM_ID}),
-    "submit_job": Map({"job": Plain(max_items=400)}),
+    "submit_job": Map(
+        {"job": Plain(max_items=400), "job_id": Optional(Str(max_len=32, hex=True))},
+        optional=frozenset({"job_id"}),
+    ),
     "get_job": Map({"job_id": ITEM_ID}),
     "list_jobs": Map({"limit": Int(1, 10_000)}),
     "cancel_job": Map({"job_id": ITEM_ID}),

@@ -384,8 +384,32 @@ class Runner:
         scene.cycles.device = "GPU"
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the worker that started it dies.
+
+    The runner lives in its own session so that the worker can kill its whole
+    group; without this, a worker killed with SIGKILL would leave Blender
+    rendering on its own. Other systems have no such call, so it is skipped.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:
+        # The parent died before prctl took effect.
+        os._exit(1)
+
+
 def main() -> None:
     """Start the runner: move stdout, import bpy and serve commands."""
+    die_with_parent()
     options = parse_args(sys.argv)
     protocol_fd = move_stdout()
     if options.mode == "bpy":

@@ -23,6 +23,7 @@ MANAGER_OPS = frozenset(
     {
         "worker_hello",
         "worker_heartbeat",
+        "worker_leaving",
         "task_progress",
         "task_log",
         "task_done",
@@ -122,6 +123,8 @@ class ManagerRole:
         try:
             await link.call("manager_hello", {"site": self.site}, timeout=5.0)
         except (FarmUnavailable, RemoteError) as exc:
+            if link is not self.server:
+                return  # replaced by a newer server while greeting this one
             logger.warning("server at %s did not greet: %s", endpoint, exc)
         logger.info(
             "manager of site %s uses server %s (epoch %d)", self.site, endpoint, epoch
@@ -146,6 +149,10 @@ class ManagerRole:
             slot.last_seen = time.monotonic()
             slot.identity = identity
         if op == "worker_heartbeat":
+            return None
+        if op == "worker_leaving":
+            if slot is not None and not slot.lost:
+                await self._lose(body["worker_id"], slot, "its node is stopping")
             return None
         if op in ("task_progress", "task_log"):
             await self._to_server(op, body)

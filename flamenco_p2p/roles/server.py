@@ -180,7 +180,7 @@ class ServerRole:
     ) -> dict[str, Any]:
         try:
             spec = JobSpec.from_dict(body["job"])
-            job_id = await self.store.submit_job(spec)
+            job_id = await self.store.submit_job(spec, body.get("job_id"))
         except InvalidInput as exc:
             raise RemoteError("invalid", str(exc), None) from exc
         logger.info("job %s submitted: %s (%s)", job_id, spec.name, spec.job_type)

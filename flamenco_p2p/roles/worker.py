@@ -91,6 +91,7 @@ class WorkerAgent:
         self.manager_epoch = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self.background = BackgroundTasks("worker")
+        self._closing = False
 
     async def start(self) -> None:
         """Start the heartbeat loop; tasks arrive once a manager is set."""
@@ -98,6 +99,14 @@ class WorkerAgent:
 
     async def close(self) -> None:
         """Cancel running tasks, stop render processes, drop the manager link."""
+        self._closing = True
+        if self.manager is not None:
+            # The manager requeues this node's tasks at once instead of waiting
+            # for its heartbeats to stop.
+            for slot in self.slots.values():
+                self.manager.send_nowait(
+                    "worker_leaving", {"worker_id": slot.worker_id}
+                )
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -228,6 +237,8 @@ class WorkerAgent:
         op = "task_done"
         body: dict[str, Any] = {"attempt_id": attempt_id}
         await asyncio.wait({work})
+        if self._closing:
+            return
         if work.cancelled():
             op = "task_canceled"
         elif isinstance(error := work.exception(), WORK_ERRORS):

@@ -371,16 +371,24 @@ class FarmStore:
 
     # Jobs ------------------------------------------------------------------
 
-    async def submit_job(self, spec: JobSpec) -> str:
+    async def submit_job(self, spec: JobSpec, job_id: str | None = None) -> str:
         """Compile spec into tasks and store the job and its tasks; return the job id.
 
-        Raises FrameSpecError (nothing is stored) when the frames do not parse.
+        ``job_id`` lets the submitting node choose the id, so that it can record
+        the job before the server stores it. Raises FrameSpecError (nothing is
+        stored) when the frames do not parse, and InvalidInput for a job id that
+        is malformed or already taken.
         """
         # A 1M-frame job takes seconds to compile; keep the event loop responsive.
         # NOTE: such a job also holds the store lock for about 15 s while its tasks
         # are inserted (2-core VM), so leases wait; typical jobs take milliseconds.
+        if job_id is None:
+            job_id = uuid.uuid4().hex
+        elif len(job_id) != 32 or job_id.strip("0123456789abcdef"):
+            raise InvalidInput(f"job id {job_id!r} is not 32 lowercase hex digits")
+        elif await self._job_exists(job_id):
+            raise InvalidInput(f"job id {job_id} is already taken")
         tasks = await asyncio.to_thread(compile_job, spec)
-        job_id = uuid.uuid4().hex
         now = self._clock()
         requirements = spec.requirements
         async with self._transaction() as db:
@@ -425,12 +433,21 @@ class FarmStore:
         )
         return job_id
 
+    async def _job_exists(self, job_id: str) -> bool:
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                "SELECT 1 FROM jobs WHERE id = ?", (job_id,)
+            )
+        return bool(list(rows))
+
     async def get_job(self, job_id: str) -> JobView:
         """Return the job; raises NotFound for an unknown id."""
         async with self._reading() as db:
             rows = await db.execute_fetchall(f"{_JOB_SQL} WHERE id = ?", (job_id,))
             if not rows:
-                raise NotFound(f"job {job_id!r} not found; list jobs to see the ids")
+                raise NotFound(
+                    f"job {job_id!r} not found; `flamenco-p2p status` lists the job ids"
+                )
             counts = await _task_counts(db, [job_id])
         return _job_view(next(iter(rows)), counts.get(job_id, {}))
 
@@ -1084,7 +1101,9 @@ def _check_output(attempt_id: str, output: Any) -> dict[str, Any]:
 async def _require_job(db: aiosqlite.Connection, job_id: str) -> str:
     rows = await db.execute_fetchall("SELECT status FROM jobs WHERE id = ?", (job_id,))
     if not rows:
-        raise NotFound(f"job {job_id!r} not found; list jobs to see the ids")
+        raise NotFound(
+            f"job {job_id!r} not found; `flamenco-p2p status` lists the job ids"
+        )
     status: str = next(iter(rows))[0]
     return status
 
