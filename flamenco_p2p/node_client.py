@@ -140,7 +140,7 @@ class ClientService:
                 raise InvalidInput(
                     f"output_dir {str(output_dir)!r} must be an absolute path"
                 )
-            output_dir.mkdir(parents=True, exist_ok=True)
+            _check_output_dir(output_dir)
         job["settings"] = settings
         from flamenco_p2p.jobs.spec import JobSpec
 
@@ -274,3 +274,19 @@ class ClientService:
         os.replace(writer.tmp, writer.final)
         logger.info("received output %s (%d bytes)", writer.final, writer.size)
         return {"path": str(writer.final), "sha256": actual}
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """Create the output folder now, so that a bad one fails the submission."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(
+            f"output folder {str(output_dir)!r} cannot be created:"
+            f" {exc.strerror or exc}; choose another --output"
+        ) from exc
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise InvalidInput(
+            f"output folder {str(output_dir)!r} is not writable; choose another"
+            " --output or fix its permissions"
+        )

@@ -9,6 +9,19 @@ from flamenco_p2p.errors import InvalidInput
 from flamenco_p2p.frames import parse_frames
 from flamenco_p2p.outputs import split_output, template_warnings
 
+# Blender writes plain files starting with "BLENDER"; compressed ones are gzip
+# (before 3.0) or zstd (3.0 and later).
+BLEND_MAGICS = (b"BLENDER", b"\x1f\x8b", b"\x28\xb5\x2f\xfd")
+
+
+def _looks_like_blend(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return False
+    return head.startswith(BLEND_MAGICS)
+
 
 def _output_warnings(output: str, folder: str, name: str, digits: int) -> list[str]:
     """Warn about output names that Blender accepts but that surprise people."""
@@ -42,6 +55,10 @@ def build_render_job(
 
     Raises InvalidInput (or FrameSpecError) naming the bad value; no job exists then.
     """
+    if blend.is_dir():
+        raise InvalidInput(
+            f"{str(blend)!r} is a folder; give the path of a .blend file"
+        )
     if not blend.is_file():
         raise InvalidInput(f"blend file {str(blend)!r} not found; check the path")
     frame_list = parse_frames(frames)
@@ -50,6 +67,11 @@ def build_render_job(
     output_dir, output_name = split_output(output, str(cwd), str(blend.parent))
     largest = max(abs(f) for f in frame_list)
     warnings = _output_warnings(output, output_dir, output_name, len(str(largest)))
+    if not _looks_like_blend(blend):
+        warnings.append(
+            f"{blend.name} does not start like a blend file; its tasks will fail if"
+            " Blender cannot open it"
+        )
     overrides: dict[str, Any] = {}
     if engine is not None:
         overrides["engine"] = engine.upper()

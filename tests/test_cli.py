@@ -164,3 +164,31 @@ async def test_cli_submit_and_status_on_farm(tmp_path: Path) -> None:
         "shot_2.png",
         "shot_3.png",
     ]
+
+
+def test_cli_submit_warns_about_non_blend(tmp_path: Path) -> None:
+    text = tmp_path / "x.blend"
+    text.write_text("not a blend file\n")
+    result = run(
+        "submit",
+        str(text),
+        "--frames",
+        "1",
+        "--output",
+        str(tmp_path / "out/"),
+        "--data-dir",
+        str(tmp_path / "node"),
+    )
+    assert "does not start like a blend file" in result.stderr
+    folder = run(
+        "submit",
+        str(tmp_path),
+        "--frames",
+        "1",
+        "--output",
+        str(tmp_path / "out/"),
+        "--data-dir",
+        str(tmp_path / "node"),
+    )
+    assert folder.returncode == 1
+    assert "is a folder" in folder.stderr

@@ -203,3 +203,29 @@ async def test_farm_stopping_worker_hands_task_back(tmp_path: Path) -> None:
         assert {node_of(t) for t in view["tasks"]} == {_node_id(farm, 0)}
         assert "its node is stopping" in farm.nodes[0].log_text()
         assert "rejected" not in farm.nodes[1].log_text()
+
+
+async def test_farm_rejects_unusable_output_folder(tmp_path: Path) -> None:
+    blend = tmp_path / "a.blend"
+    blend.write_bytes(b"BLENDER-v300")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    job = {
+        "name": "bad output",
+        "job_type": "blender-render",
+        "settings": {
+            "frames": "1",
+            "chunk_size": 1,
+            "output_dir": str(afile / "sub"),
+            "output_name": "",
+            "overrides": {},
+        },
+    }
+    with LocalFarm(tmp_path / "farm", 1) as farm:
+        await farm.wait_for_roles()
+        with pytest.raises(RemoteError) as caught:
+            await farm.call(0, "client_submit", {"job": job, "blend_path": str(blend)})
+        assert "afile/sub" in str(caught.value)
+        assert "cannot be created" in str(caught.value)
+        status = await farm.call(0, "client_status", {})
+        assert status["jobs"] == []
