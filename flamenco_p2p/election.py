@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 SERVER_ROLE = "server"
 CAMPAIGN_TIMEOUT = 1.0
+# Far below the wire format's limit of 2**53, and far above any real farm's count
+# of elections; a claim beyond it can only be forged, and taking it would leave
+# no epoch to move on to.
+MAX_EPOCH = 2**52
 
 
 def manager_role(site: str) -> str:
@@ -147,8 +151,19 @@ class Election:
         ``direct`` is True when the holder itself sent the heartbeat; only that
         renews the lease, so a dead holder's claim cannot be kept alive by gossip.
         """
-        view = self.view(role)
         actions: list[Action] = []
+        if role not in self.roles_in_scope():
+            return actions
+        if epoch > MAX_EPOCH:
+            logger.warning(
+                "ignored a claim of %s at epoch %d from node %s: over %d",
+                role,
+                epoch,
+                holder,
+                MAX_EPOCH,
+            )
+            return actions
+        view = self.view(role)
         if epoch < view.epoch:
             return actions
         # Two claims of one epoch: the larger node id wins (see the module notes).
@@ -257,6 +272,8 @@ class Election:
         self, role: str, epoch: int, candidate: Rank, now: float
     ) -> tuple[bool, int]:
         """Decide on a vote; returns (granted, the newest epoch this node knows)."""
+        if role not in self.roles_in_scope():
+            return False, 0
         view = self.view(role)
         key = (role, epoch)
         previous = self.votes_cast.get(key)
@@ -277,6 +294,10 @@ class Election:
         return True, view.epoch
 
     def _deny_reason(self, role: str, epoch: int, candidate: Rank, now: float) -> str:
+        if role not in self.roles_in_scope():
+            return "the role is not one this node takes part in"
+        if epoch > MAX_EPOCH:
+            return f"epoch {epoch} is over {MAX_EPOCH}"
         view = self.view(role)
         if epoch <= view.epoch:
             return f"epoch {view.epoch} is already known"
@@ -301,7 +322,7 @@ class Election:
             return self._maybe_win(role, campaign)
         if known_epoch >= epoch:
             view = self.view(role)
-            view.epoch = max(view.epoch, known_epoch)
+            view.epoch = max(view.epoch, min(known_epoch, MAX_EPOCH))
             del self.campaigns[role]
             logger.info(
                 "lost the election for %s: epoch %d is known", role, known_epoch

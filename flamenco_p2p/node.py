@@ -43,6 +43,9 @@ from flamenco_p2p.transport import DealerLink, RemoteError, Reply, RouterEndpoin
 logger = logging.getLogger(__name__)
 
 VOTE_TIMEOUT = 1.0
+# Each contact holds a ZeroMQ socket (libzmq allows 1,023 per context by default),
+# and gossip from any member can add contacts.
+MAX_CONTACTS = 512
 CONTACT_FORGET_AFTER = 600.0
 
 
@@ -286,6 +289,9 @@ class Node:
             return
         contact = self.contacts.get(endpoint)
         if contact is None:
+            if len(self.contacts) >= MAX_CONTACTS and not self._evict_contact():
+                logger.debug("contact %s from %s dropped: table full", endpoint, source)
+                return
             now = self.clock()
             self.contacts[endpoint] = Contact(endpoint, source, node_id, 0.0, now)
             logger.info(
@@ -293,6 +299,22 @@ class Node:
             )
         elif node_id is not None:
             contact.node_id = node_id
+
+    def _evict_contact(self) -> bool:
+        """Drop the oldest contact that never answered; False if every one did."""
+        silent = [
+            c
+            for c in self.contacts.values()
+            if c.last_heard == 0.0 and c.source != "seed"
+        ]
+        if not silent:
+            return False
+        oldest = min(silent, key=lambda c: c.added)
+        del self.contacts[oldest.endpoint]
+        link = self.links.pop(oldest.endpoint, None)
+        if link is not None:
+            self.background.spawn(link.close(), "close-link")
+        return True
 
     def _own_endpoint(self) -> str:
         return f"tcp://{self.config.bind_address}:{self.config.node_port}"

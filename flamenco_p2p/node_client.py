@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -91,6 +92,7 @@ class ClientService:
             result: dict[str, Any] = await self.call_server(forwarded, body)
             return result
         if message.op == "client_submit":
+            self._check_local(message)
             return await self._submit(body)
         if message.op == "client_status":
             return await self._status()
@@ -122,8 +124,37 @@ class ClientService:
         except FarmUnavailable as exc:
             raise RemoteError("unavailable", str(exc), None) from exc
 
+    def _check_local(self, message: Message) -> None:
+        """Reject a submission from another machine.
+
+        A submission names files and folders of this machine (the blend file and
+        the output folder), so only a client on this machine may send one.
+        """
+        address = message.peer_address
+        local = address is not None and (
+            address == self.node.config.bind_address
+            or ipaddress.ip_address(address).is_loopback
+        )
+        if not local:
+            logger.warning(
+                "rejected a submission from %s (%s): submissions must come from"
+                " this machine",
+                address,
+                message.sender,
+            )
+            raise RemoteError(
+                "forbidden",
+                "a node takes submissions only from its own machine, because they"
+                " name local files; run `flamenco-p2p submit` where the blend file is",
+                None,
+            )
+
     async def _submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(body["job"], dict):
+            raise RemoteError("invalid", "job must be a map of job settings", "job")
         job = dict(body["job"])
+        if not isinstance(job.get("settings") or {}, dict):
+            raise RemoteError("invalid", "job.settings must be a map", "job.settings")
         settings = dict(job.get("settings") or {})
         job["submitter_node"] = self.node.node_id
         blend_path = body["blend_path"]
@@ -209,7 +240,12 @@ class ClientService:
                 f"job {job_id} was not submitted through this node",
                 "job_id",
             ) from exc
-        return Path(record["output_dir"])
+        output_dir = record.get("output_dir") if isinstance(record, dict) else None
+        if not isinstance(output_dir, str):
+            raise RemoteError(
+                "not_found", f"job {job_id} has no output folder", "job_id"
+            )
+        return Path(output_dir)
 
     async def _output_put(self, body: dict[str, Any]) -> dict[str, Any]:
         key = (body["attempt_id"], body["name"])
@@ -235,6 +271,10 @@ class ClientService:
         from flamenco_p2p.outputs import safe_path_component
 
         name = body["name"]
+        if safe_path_component(body["attempt_id"]) != body["attempt_id"]:
+            raise RemoteError(
+                "invalid", f"attempt id {body['attempt_id']!r} is invalid", "attempt_id"
+            )
         if safe_path_component(name) != name or name.startswith("."):
             raise RemoteError(
                 "invalid", f"output name {name!r} is not a plain file name", "name"
@@ -244,7 +284,10 @@ class ClientService:
         folder = await self._output_dir(body["job_id"])
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / name
-        tmp = folder / f".{name}.{body['attempt_id'][:16]}.part"
+        # The attempt id comes from the network: hash it rather than trust it in
+        # a file name.
+        attempt_tag = hashlib.sha256(body["attempt_id"].encode()).hexdigest()[:16]
+        tmp = folder / f".{name}.{attempt_tag}.part"
         tmp.write_bytes(b"")
         writer = OutputWriter(final, tmp, body["sha256"], body["size"])
         self.outputs[(body["attempt_id"], name)] = writer

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -19,7 +20,14 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from flamenco_p2p.errors import FarmUnavailable, ProtocolError
+from flamenco_p2p.errors import (
+    BlobError,
+    FarmError,
+    FarmUnavailable,
+    InvalidInput,
+    NotFound,
+    ProtocolError,
+)
 from flamenco_p2p.protocol.codec import MAX_FRAME_BYTES
 from flamenco_p2p.protocol.messages import Message, pack, unpack
 from flamenco_p2p.security import HandshakeWatch, secure_client, secure_server
@@ -186,19 +194,23 @@ class RouterEndpoint:
         assert self.sock is not None
         while True:
             try:
-                parts = await self.sock.recv_multipart(copy=True)
+                frames = await self.sock.recv_multipart(copy=False)
             except asyncio.CancelledError:
                 raise
             except zmq.ZMQError as exc:
                 logger.warning("%s: receive failed: %s", self.name, exc)
                 await asyncio.sleep(0.05)
                 continue
+            parts = [f.bytes for f in frames]
             if len(parts) != 2:
                 self.bad_input.record(repr(parts[0][:16]), ProtocolError("not 1 frame"))
                 continue
             identity, frame = parts
             try:
                 message = unpack(frame, self.allowed)
+                message = dataclasses.replace(
+                    message, peer_address=_peer_address(frames[1])
+                )
             except ProtocolError as exc:
                 self.bad_input.record(identity.hex()[:16], exc)
                 await self._reject(identity, frame, exc)
@@ -227,10 +239,17 @@ class RouterEndpoint:
         except RemoteError as exc:
             result = None
             await self._error(identity, message, exc.code, str(exc), exc.field)
-        except (ProtocolError, ValueError) as exc:
+        except (ProtocolError, InvalidInput, ValueError) as exc:
             result = None
             field = exc.field if isinstance(exc, ProtocolError) else None
             await self._error(identity, message, "invalid", str(exc), field)
+        except (NotFound, BlobError) as exc:
+            result = None
+            await self._error(identity, message, "not_found", str(exc), None)
+        except FarmError as exc:
+            # StateError and the rest: the request is valid but not now.
+            result = None
+            await self._error(identity, message, "conflict", str(exc), None)
         except Exception as exc:  # a handler bug must not end the endpoint
             logger.exception(
                 "%s: handling %s from %s failed", self.name, message.op, message.sender
@@ -247,6 +266,14 @@ class RouterEndpoint:
     async def _error(
         self, identity: bytes, message: Message, code: str, text: str, field: str | None
     ) -> None:
+        logger.debug(
+            "%s: %s from %s failed (%s): %s",
+            self.name,
+            message.op,
+            message.sender,
+            code,
+            text,
+        )
         if message.request_id is None:
             logger.warning(
                 "%s: %s from %s rejected: %s",
@@ -258,6 +285,14 @@ class RouterEndpoint:
             return
         body = {"code": code[:40], "message": text[:4000], "field": field}
         await self.send(identity, "error", body, message.request_id)
+
+
+def _peer_address(frame: zmq.Frame) -> str | None:
+    try:
+        address = frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return None
+    return address if isinstance(address, str) else None
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

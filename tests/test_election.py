@@ -261,3 +261,35 @@ def test_membership_states_follow_silence() -> None:
     assert membership.state(peer.node_id, 10.1) is PeerState.ALIVE
     membership.mark_left(peer.node_id)
     assert membership.state(peer.node_id, 10.2) is PeerState.LEFT
+
+
+def test_election_ignores_claim_beyond_max_epoch() -> None:
+    from flamenco_p2p.election import MAX_EPOCH
+
+    farm = SimFarm([node_info(i) for i in range(1, 4)])
+    farm.run(5)
+    ((holder, epoch),) = farm.holders(SERVER_ROLE).items()
+    node = farm.nodes[holder]
+    forged = node_info(9).node_id
+    actions = node.election.observe_claim(
+        SERVER_ROLE, MAX_EPOCH + 1, forged, farm.now, True
+    )
+    assert actions == []
+    assert node.election.held[SERVER_ROLE] == epoch
+    granted, _known = node.election.handle_vote_request(
+        SERVER_ROLE, MAX_EPOCH + 1, node_info(9, priority=999).rank, farm.now
+    )
+    assert granted is False
+
+
+def test_election_ignores_roles_out_of_scope() -> None:
+    membership = Membership(node_info(1, site="a"), TIMING)
+    election = Election(membership, TIMING)
+    actions = election.observe_claim("manager:b", 3, node_info(2).node_id, 0.0, True)
+    assert actions == []
+    assert election.handle_vote_request("whatever", 1, node_info(2).rank, 0.0) == (
+        False,
+        0,
+    )
+    assert "manager:b" not in election.views
+    assert "whatever" not in election.views

@@ -211,6 +211,8 @@ class Message:
     epoch: int | None = None
     request_id: int | None = None
     version: int = PROTOCOL_VERSION
+    # The IP address the message came from, where the socket tells it.
+    peer_address: str | None = None
 
 
 def pack(
