@@ -345,7 +345,28 @@ async def _submit_async(config: NodeConfig, args: argparse.Namespace) -> int:
             )
             raise
     print(f"job {job_id} {final['status']}", file=sys.stderr)
+    if final["status"] != "completed":
+        print_failures(final)
     return 0 if final["status"] == "completed" else EXIT_FAILED
+
+
+def print_failures(job: dict[str, Any]) -> None:
+    """Print why a job and its tasks failed, and where to read more."""
+    if job.get("error"):
+        print(f"  {job['error']}", file=sys.stderr)
+    failed = [t for t in job.get("tasks", []) if t.get("error")]
+    for task in failed[:5]:
+        print(
+            f"  task {task['index']} ({task['name']}): {task['error']}", file=sys.stderr
+        )
+    if len(failed) > 5:
+        print(f"  ... and {len(failed) - 5} more tasks", file=sys.stderr)
+    if failed:
+        print(
+            f"  Blender's output: flamenco-p2p log {job['id']} --task"
+            f" {failed[0]['index']}",
+            file=sys.stderr,
+        )
 
 
 async def wait_for_job(
@@ -444,6 +465,8 @@ def format_status(status: dict[str, Any]) -> str:
             f"  {job['id']}  {job['status']:<16} {job.get('frames_done', 0)}/"
             f"{job.get('frames_total', 0)} frames  {job['name']}"
         )
+        if job.get("error"):
+            lines.append(f"      {job['error']}")
     if not status.get("jobs") and not status.get("server_error"):
         lines.append("  none")
     return "\n".join(lines)

@@ -13,7 +13,8 @@ from typing import Any
 
 import zmq
 
-from flamenco_p2p.config import NodeConfig, load_node_id
+from flamenco_p2p.config import CONFIG_NAME, NodeConfig, load_node_id
+from flamenco_p2p.errors import ConfigError
 from flamenco_p2p.farmkey import load_farm_key
 
 logger = logging.getLogger("flamenco_p2p.daemon")
@@ -117,6 +118,7 @@ async def run_daemon(config: NodeConfig, log_level: str, log_file: Path | None) 
     node_id = load_node_id(config.data_dir)
     # Fail before the slow capability probe when this node has no farm yet.
     load_farm_key(config.data_dir)
+    check_render_settings(config)
     setup_logging(node_id, log_level, log_file)
     stop = asyncio.Event()
     received: list[str] = []
@@ -135,6 +137,24 @@ async def run_daemon(config: NodeConfig, log_level: str, log_file: Path | None) 
     await stop.wait()
     await node.stop(f"received {received[0]}" if received else "stop requested")
     return 0
+
+
+def check_render_settings(config: NodeConfig) -> None:
+    """Reject a render backend that cannot start, before the node joins the farm."""
+    render = config.render
+    if config.worker_slots == 0 or render.backend != "blender":
+        return
+    if not render.blender_path:
+        raise ConfigError(
+            f'{config.data_dir / CONFIG_NAME}: render.backend = "blender" needs'
+            " render.blender_path, the path of the Blender executable"
+        )
+    if not os.access(render.blender_path, os.X_OK):
+        raise ConfigError(
+            f"{config.data_dir / CONFIG_NAME}: render.blender_path"
+            f" {render.blender_path!r} is not an executable file; install Blender"
+            " there or fix the path"
+        )
 
 
 def _bind_hint(exc: Exception, config: NodeConfig) -> str:

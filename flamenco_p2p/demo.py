@@ -33,6 +33,8 @@ def run_demo(frames: int, output: Path, work_dir: Path | None, timeout: float) -
     """Run the whole demo; returns the exit status."""
     if not 1 <= frames <= 250:
         raise FarmError(f"--frames {frames} is invalid; use 1 to 250")
+    if timeout <= 0:
+        raise FarmError(f"--timeout {timeout} is invalid; give a number of seconds")
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

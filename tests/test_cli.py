@@ -192,3 +192,15 @@ def test_cli_submit_warns_about_non_blend(tmp_path: Path) -> None:
     )
     assert folder.returncode == 1
     assert "is a folder" in folder.stderr
+
+
+def test_cli_run_rejects_missing_blender(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    assert run("init", "--data-dir", str(data_dir)).returncode == 0
+    (data_dir / "flamenco-p2p.toml").write_text(
+        '[render]\nbackend = "blender"\nblender_path = "/nope/blender"\n'
+    )
+    result = run("run", "--data-dir", str(data_dir))
+    assert result.returncode == 1
+    assert "/nope/blender" in result.stderr
+    assert "not an executable" in result.stderr

@@ -157,7 +157,8 @@ class MdnsDiscovery:
         except NonUniqueNameException:
             raise StateError(
                 f"another node on the network already announces node id "
-                f"{advert.node_id}; give every node its own node id"
+                f"{advert.node_id}; is another node running with this --data-dir?"
+                " Give every node its own data directory"
             ) from None
         self._info = info
 
