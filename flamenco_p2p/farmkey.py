@@ -141,6 +141,10 @@ def parse_invite(code: str) -> FarmKey:
         payload = base64.b32decode(body + "=" * (-len(body) % 8))
     except ValueError as exc:
         raise InvalidInput(f"join code is damaged ({exc}); copy it again") from exc
+    if base64.b32encode(payload).decode("ascii").rstrip("=") != body:
+        # The last letter carries spare bits that decoding drops; a code that
+        # does not re-encode to itself was mistyped there.
+        raise InvalidInput("join code has a typo in its last letters; copy it again")
     if len(payload) < KEY_BYTES + 5:
         raise InvalidInput("join code is too short; copy the whole line again")
     data, checksum = payload[:-4], payload[-4:]

@@ -113,3 +113,17 @@ def test_check_token_constant_time_compare() -> None:
     assert check_token(key.api_token, key.api_token)
     assert not check_token(key.api_token[:-1] + "x", key.api_token)
     assert not check_token("", key.api_token)
+
+
+def test_invite_every_single_letter_typo_detected() -> None:
+    code = new_farm_key("studio").invite_code()
+    letters = "abcdefghijklmnopqrstuvwxyz234567"
+    for position in range(len("fp1-"), len(code)):
+        if code[position] == "-":
+            continue
+        for letter in letters:
+            if letter == code[position]:
+                continue
+            typo = code[:position] + letter + code[position + 1 :]
+            with pytest.raises(InvalidInput):
+                parse_invite(typo)
