@@ -253,6 +253,9 @@ def report_tasks(job: dict[str, Any], status: dict[str, Any]) -> None:
         worker = str(task.get("worker_id") or "?")
         by_node[worker.split(".", maxsplit=1)[0]].extend(task["frames"])
     addresses = {n["node_id"]: n["address"] for n in status["nodes"]}
+    idle = sorted(set(addresses) - set(by_node))
+    for node_id in idle:
+        say(f"demo: warning: node {node_id[:8]} rendered no frame")
     for node_id, node_frames in sorted(by_node.items()):
         say(
             f"demo: node {node_id[:8]} ({addresses.get(node_id, '?')}) rendered frames"
