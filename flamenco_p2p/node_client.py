@@ -55,6 +55,7 @@ class ClientService:
         self.node = node
         self.server: DealerLink | None = None
         self.server_epoch = 0
+        self._link_lock = asyncio.Lock()
         self.submissions_dir = node.config.data_dir / "submissions"
         self.submissions_dir.mkdir(parents=True, exist_ok=True)
         self.outputs: dict[tuple[str, str], OutputWriter] = {}
@@ -71,9 +72,13 @@ class ClientService:
 
     async def set_server(self, endpoint: str | None, epoch: int) -> None:
         """Point forwarded requests at the server's new holder."""
-        if self.server is not None:
-            await self.server.close()
-            self.server = None
+        async with self._link_lock:
+            await self._set_server_locked(endpoint, epoch)
+
+    async def _set_server_locked(self, endpoint: str | None, epoch: int) -> None:
+        old, self.server = self.server, None
+        if old is not None:
+            await old.close()
         self.server_epoch = epoch
         self.server_ready.clear()
         if endpoint is not None:

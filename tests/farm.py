@@ -85,6 +85,7 @@ class LocalFarm:
         per_node_config: dict[int, str] | None = None,
         mdns: bool = True,
         strangers: frozenset[int] = frozenset(),
+        timing: str = FAST_TIMING,
     ) -> None:
         self.root = root
         self.farm = "test-" + uuid.uuid4().hex[:8]
@@ -97,6 +98,7 @@ class LocalFarm:
         self.per_node_config = per_node_config or {}
         self.mdns = mdns
         self.strangers = strangers
+        self.timing = timing
 
     def __enter__(self) -> LocalFarm:
         for node in self.nodes:
@@ -160,7 +162,7 @@ class LocalFarm:
             f'site = "lab"\nbind_address = "{node.address}"\n'
             f"mdns = {'true' if self.mdns else 'false'}\n"
             'mdns_interfaces = ["127.0.0.1"]\n'
-            f"{seeds}{self.extra_config}\n{own}\n{capabilities}{FAST_TIMING}"
+            f"{seeds}{self.extra_config}\n{own}\n{capabilities}{self.timing}"
         )
         (node.data_dir / "flamenco-p2p.toml").write_text(text, encoding="utf-8")
 

