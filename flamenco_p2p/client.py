@@ -65,7 +65,7 @@ class NodeClient:
                         return
         except TimeoutError as exc:
             raise FarmUnavailable(
-                f"no answer from {self.endpoint} within {CONNECT_TIMEOUT:.0f} s"
+                f"timed out after {CONNECT_TIMEOUT:.0f} s connecting to {self.endpoint}"
             ) from exc
         finally:
             link.sock.disable_monitor()
@@ -79,7 +79,7 @@ class NodeClient:
             )
         if kind & HANDSHAKE_EVENTS:
             raise FarmUnavailable(
-                f"the node at {self.endpoint} refused this client: its farm key"
+                f"the node at {self.endpoint} rejected this client: its farm key"
                 " differs from the one in this data directory"
             )
 
@@ -102,6 +102,6 @@ class NodeClient:
             return await self.link.call(op, body, timeout or self.timeout)
         except FarmUnavailable as exc:
             raise FarmUnavailable(
-                f"no node answered at {self.endpoint}; start one with"
+                f"no node responded at {self.endpoint}; start one with"
                 " `flamenco-p2p run` (same --data-dir) and try again"
             ) from exc

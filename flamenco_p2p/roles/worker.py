@@ -290,7 +290,10 @@ class WorkerAgent:
         if duration > 0:
             await asyncio.sleep(duration)
         if payload.get("fail"):
-            raise RenderError(f"sleep task {assignment['task_id']} was told to fail")
+            raise RenderError(
+                f"sleep task {assignment['task_id']} failed because its job lists"
+                " it in fail_tasks"
+            )
         return []
 
     async def _run_render(
