@@ -116,7 +116,13 @@ async def test_render_killed_worker_frame_rendered_once_elsewhere(
             ):
                 break
             await asyncio.sleep(0.1)
-        assert blender_processes(farm.nodes[1].data_dir)
+        # The task is active from its lease on; the render child starts once the
+        # blend file has arrived.
+        deadline = time.monotonic() + 60
+        while not blender_processes(farm.nodes[1].data_dir):
+            assert time.monotonic() < deadline, "the worker never started Blender"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
         farm.kill(1)
         # The render child dies with its worker instead of rendering on alone.
         deadline = time.monotonic() + 5
