@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,9 @@ EXIT_USAGE = 2
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(
+        _join_negative_frames(sys.argv[1:] if argv is None else argv)
+    )
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
@@ -43,6 +46,28 @@ def main(argv: list[str] | None = None) -> int:
     except (FarmError, RemoteError, OSError) as exc:
         print(f"flamenco-p2p: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _join_negative_frames(argv: list[str]) -> list[str]:
+    """Turn ``--frames -3--1`` into ``--frames=-3--1``.
+
+    argparse reads a value that starts with a minus sign as an option, but a
+    frame spec may start with a negative frame.
+    """
+    joined: list[str] = []
+    values = iter(argv)
+    for arg in values:
+        if arg == "--frames":
+            value = next(values, None)
+            if value is not None and re.match(r"-\d", value):
+                joined.append(f"--frames={value}")
+                continue
+            joined.append(arg)
+            if value is not None:
+                joined.append(value)
+            continue
+        joined.append(arg)
+    return joined
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -441,14 +466,17 @@ def format_status(status: dict[str, Any]) -> str:
     """Return the status as a table for people."""
     lines = [f"farm {status['farm']}, seen from node {status['node_id']}", "", "NODES"]
     for node in status["nodes"]:
-        roles = ", ".join(f"{r['role']} (epoch {r['epoch']})" for r in node["roles"])
+        held = [f"{r['role']} (epoch {r['epoch']})" for r in node["roles"]]
+        if node.get("worker_slots"):
+            held.insert(0, f"worker ({node['worker_slots']} slots)")
+        roles = ", ".join(held) or "no role"
         caps = node["capabilities"]
         gpus = ",".join(caps.get("gpu_types") or []) or "no GPU"
         lines.append(
             f"  {node['node_id']}  {node['state']:<7} site {node['site']:<10}"
             f" {node['address']:<15} cpu {caps.get('cpu_cores', '?')}, {gpus},"
             f" blender {caps.get('blender_version') or '-'}"
-            f"  {roles or 'worker'}{'  (this node)' if node['this_node'] else ''}"
+            f"  {roles}{'  (this node)' if node['this_node'] else ''}"
         )
     foreign = status.get("foreign") or []
     if foreign:

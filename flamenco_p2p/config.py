@@ -53,6 +53,7 @@ class CapabilityOverride:
     cpu_cores: int | None = None
     gpu_types: tuple[str, ...] | None = None
     blender_version: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,7 @@ def _capabilities(reader: _Reader, caps: dict[str, Any]) -> CapabilityOverride:
         cpu_cores=cores,
         gpu_types=gpu_types,
         blender_version=reader.optional_text(caps, "blender_version"),
+        tags=tuple(reader.texts(caps, "tags")),
     )
 
 
@@ -228,7 +230,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "roles": frozenset({"manager", "server", "priority"}),
     "worker": frozenset({"slots"}),
     "render": frozenset({"backend", "python", "blender_path", "allow_scripts"}),
-    "capabilities": frozenset({"cpu_cores", "gpu_types", "blender_version"}),
+    "capabilities": frozenset({"cpu_cores", "gpu_types", "blender_version", "tags"}),
     "timing": frozenset(Timing.__dataclass_fields__),
 }
 

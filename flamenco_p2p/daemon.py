@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from flamenco_p2p.farmkey import load_farm_key
 
 logger = logging.getLogger("flamenco_p2p.daemon")
 
+LOCK_NAME = "node.lock"
 LOG_FORMAT = "%(asctime)s %(levelname)-7s node=%(node)s %(name)s: %(message)s"
 
 
@@ -64,7 +66,7 @@ async def node_capabilities(config: NodeConfig) -> dict[str, Any]:
         "cpu_cores": _cpu_cores(),
         "gpu_types": [],
         "blender_version": None,
-        "tags": [],
+        "tags": list(config.capabilities.tags),
     }
     override = config.capabilities
     needs_probe = config.worker_slots > 0 and (
@@ -113,13 +115,21 @@ def _cpu_cores() -> int:
 
 async def run_daemon(config: NodeConfig, log_level: str, log_file: Path | None) -> int:
     """Run a node until SIGINT or SIGTERM; returns the exit status."""
-    from flamenco_p2p.node import Node
-
     node_id = load_node_id(config.data_dir)
     # Fail before the slow capability probe when this node has no farm yet.
     load_farm_key(config.data_dir)
-    check_render_settings(config)
-    setup_logging(node_id, log_level, log_file)
+    lock_fd = lock_data_dir(config.data_dir)
+    try:
+        check_render_settings(config)
+        setup_logging(node_id, log_level, log_file)
+        return await _serve(config)
+    finally:
+        os.close(lock_fd)
+
+
+async def _serve(config: NodeConfig) -> int:
+    from flamenco_p2p.node import Node
+
     stop = asyncio.Event()
     received: list[str] = []
     loop = asyncio.get_running_loop()
@@ -137,6 +147,27 @@ async def run_daemon(config: NodeConfig, log_level: str, log_file: Path | None) 
     await stop.wait()
     await node.stop(f"received {received[0]}" if received else "stop requested")
     return 0
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data directory's lock for this process's lifetime; returns its fd.
+
+    Two nodes on one data directory would share one node id and one database.
+    """
+    path = data_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(
+            f"another node (pid {owner}) is running with data directory {data_dir};"
+            " stop it first, or give this one its own --data-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def check_render_settings(config: NodeConfig) -> None:

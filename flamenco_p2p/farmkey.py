@@ -130,7 +130,7 @@ def check_farm_name(name: str) -> str:
 def parse_invite(code: str) -> FarmKey:
     """Decode a join code; raises InvalidInput naming what is wrong."""
     text = "".join(code.split()).lower()
-    prefix, _, body = text.partition("-")
+    prefix, body = text[: len(CODE_PREFIX)], text[len(CODE_PREFIX) :].lstrip("-")
     if prefix != CODE_PREFIX or not body:
         raise InvalidInput(
             f"join code must start with {CODE_PREFIX!r}; copy the whole line that"
@@ -140,7 +140,9 @@ def parse_invite(code: str) -> FarmKey:
     try:
         payload = base64.b32decode(body + "=" * (-len(body) % 8))
     except ValueError as exc:
-        raise InvalidInput(f"join code is damaged ({exc}); copy it again") from exc
+        raise InvalidInput(
+            "join code is incomplete or has a typo; copy the whole line again"
+        ) from exc
     if base64.b32encode(payload).decode("ascii").rstrip("=") != body:
         # The last letter carries spare bits that decoding drops; a code that
         # does not re-encode to itself was mistyped there.

@@ -355,6 +355,7 @@ class Node:
     async def _beat(self) -> None:
         now = self.clock()
         await self._run_actions(self.election.tick(now, self._may_stand(now)))
+        await self._reconcile_links(now)
         body = self._heartbeat_body(now)
         for endpoint in list(self.contacts):
             self._link(endpoint).send_nowait("heartbeat", body)
@@ -554,6 +555,27 @@ class Node:
         elif role == manager_role(self.config.site) and self.worker is not None:
             endpoint = self.role_endpoint(role, now)
             await self.worker.set_manager(endpoint, holder[1] if holder else 0)
+
+    async def _reconcile_links(self, now: float) -> None:
+        """Point every link at the current role holders, if one points elsewhere.
+
+        A holder can become known before its address does (gossip names it before
+        its own heartbeat arrives), or before the worker exists; the change is
+        then applied here, on the next heartbeat round, instead of never.
+        """
+        server = self.role_endpoint(SERVER_ROLE, now)
+        manager = self.role_endpoint(manager_role(self.config.site), now)
+        stale = self.client.server_endpoint != server
+        if self.manager_role is not None:
+            stale = stale or self.manager_role.server_endpoint != server
+        if stale:
+            logger.info(
+                "links to the server are out of date: reconnecting to %s", server
+            )
+            await self._holder_changed(SERVER_ROLE)
+        if self.worker is not None and self.worker.manager_endpoint != manager:
+            logger.info("the worker's manager link is out of date: using %s", manager)
+            await self._holder_changed(manager_role(self.config.site))
 
     def role_endpoint(self, role: str, now: float) -> str | None:
         """Return the ZeroMQ endpoint of a role's current holder, or None."""

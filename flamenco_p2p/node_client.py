@@ -70,6 +70,11 @@ class ClientService:
             writer.tmp.unlink(missing_ok=True)
         self.outputs.clear()
 
+    @property
+    def server_endpoint(self) -> str | None:
+        """The endpoint requests are forwarded to, or None."""
+        return self.server.endpoint if self.server is not None else None
+
     async def set_server(self, endpoint: str | None, epoch: int) -> None:
         """Point forwarded requests at the server's new holder."""
         async with self._link_lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,30 @@ def test_cli_run_rejects_missing_blender(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "/nope/blender" in result.stderr
     assert "not an executable" in result.stderr
+
+
+def test_cli_second_run_on_same_data_dir_rejected(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    assert run("init", "--data-dir", str(data_dir)).returncode == 0
+    (data_dir / "flamenco-p2p.toml").write_text(
+        'bind_address = "127.103.0.7"\nmdns = false\n'
+        '[capabilities]\ngpu_types = []\nblender_version = "5.0.1"\n'
+    )
+    first = subprocess.Popen(
+        [*CLI, "run", "--data-dir", str(data_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (data_dir / "node.lock").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)
+        second = run("run", "--data-dir", str(data_dir))
+        assert second.returncode == 1
+        assert f"pid {first.pid}" in second.stderr
+        assert "own --data-dir" in second.stderr
+    finally:
+        first.terminate()
+        first.wait(30)

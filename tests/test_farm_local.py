@@ -263,3 +263,16 @@ async def test_farm_frozen_worker_rejoins_after_requeue(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, "the thawed worker got no task"
         assert "asking it to say hello again" in farm.nodes[0].log_text()
+
+
+async def test_farm_restarted_node_rejoins(tmp_path: Path) -> None:
+    roles = "[roles]\nmanager = false\nserver = false\n"
+    with LocalFarm(tmp_path, 3, per_node_config={2: roles}) as farm:
+        await farm.wait_for_roles()
+        farm.kill(2, signal.SIGTERM)
+        farm.start(2)
+        await farm.wait_for_roles(via=2)
+        job_id = await submit(farm, sleep_job(9, 0.3), via=2)
+        view = await farm.wait_for_job(job_id, via=2)
+        assert view["job"]["status"] == "completed", farm.logs()
+        assert _node_id(farm, 2) in {node_of(t) for t in view["tasks"]}

@@ -108,6 +108,11 @@ class ManagerRole:
             self.server = None
         logger.info("manager role stopped for site %s, epoch %d", self.site, self.epoch)
 
+    @property
+    def server_endpoint(self) -> str | None:
+        """The server endpoint this manager uses, or None."""
+        return self.server.endpoint if self.server is not None else None
+
     async def set_server(self, endpoint: str | None, epoch: int) -> None:
         """Connect to a new server, and ask it for tasks for every idle worker."""
         async with self._link_lock:

@@ -126,6 +126,11 @@ class WorkerAgent:
             await self.manager.close()
             self.manager = None
 
+    @property
+    def manager_endpoint(self) -> str | None:
+        """The manager endpoint the slots report to, or None."""
+        return self.manager.endpoint if self.manager is not None else None
+
     async def set_manager(self, endpoint: str | None, epoch: int) -> None:
         """Connect to the site's new manager and introduce every slot."""
         async with self._link_lock:
