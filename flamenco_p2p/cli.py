@@ -379,7 +379,11 @@ def print_failures(job: dict[str, Any]) -> None:
     """Print why a job and its tasks failed, and where to read more."""
     if job.get("error"):
         print(f"  {job['error']}", file=sys.stderr)
-    failed = [t for t in job.get("tasks", []) if t.get("error")]
+    failed = [
+        t
+        for t in job.get("tasks", [])
+        if t.get("error") and t["error"] != job.get("error")
+    ]
     for task in failed[:5]:
         print(
             f"  task {task['index']} ({task['name']}): {task['error']}", file=sys.stderr
@@ -409,7 +413,7 @@ async def wait_for_job(
             return {**job, "tasks": view["tasks"]}
         if timeout is not None and time.monotonic() - started > timeout:
             bar.close()
-            raise FarmError(f"job {job_id} did not finish within {timeout:.0f} s")
+            raise FarmError(f"job {job_id} did not finish within {timeout:g} s")
         await asyncio.sleep(0.5)
 
 

@@ -40,9 +40,8 @@ def setup_logging(node_id: str, level: str, log_file: Path | None) -> None:
     """Send log records to stderr (and a file), each naming this node."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
-        raise SystemExit(
-            f"flamenco-p2p: invalid --log-level {level!r}; use DEBUG, INFO, WARNING"
-            " or ERROR"
+        raise ConfigError(
+            f"invalid --log-level {level!r}; use DEBUG, INFO, WARNING or ERROR"
         )
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:

@@ -331,6 +331,14 @@ class ClientService:
 
 def _check_output_dir(output_dir: Path) -> None:
     """Create the output folder now, so that a bad one fails the submission."""
+    for parent in (output_dir, *output_dir.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise InvalidInput(
+                    f"output folder {str(output_dir)!r} cannot be created: {parent}"
+                    " is a file; choose another --output"
+                )
+            break
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -7,6 +7,7 @@ from typing import Any
 
 from flamenco_p2p.errors import InvalidInput
 from flamenco_p2p.frames import parse_frames
+from flamenco_p2p.jobs.spec import ENGINES
 from flamenco_p2p.outputs import split_output, template_warnings
 
 # Blender writes plain files starting with "BLENDER"; compressed ones are gzip
@@ -61,6 +62,8 @@ def build_render_job(
         )
     if not blend.is_file():
         raise InvalidInput(f"blend file {str(blend)!r} not found; check the path")
+    if blend.stat().st_size == 0:
+        raise InvalidInput(f"blend file {str(blend)!r} is empty; save it again")
     frame_list = parse_frames(frames)
     if not 1 <= chunk <= 1000:
         raise InvalidInput(f"--chunk {chunk} is invalid; use 1 to 1000 frames per task")
@@ -74,10 +77,18 @@ def build_render_job(
         )
     overrides: dict[str, Any] = {}
     if engine is not None:
+        if engine.upper() not in ENGINES:
+            raise InvalidInput(
+                f"--engine {engine!r} is invalid; use one of {', '.join(ENGINES)}"
+            )
         overrides["engine"] = engine.upper()
     if samples is not None:
+        if not 1 <= samples <= 1_000_000:
+            raise InvalidInput(f"--samples {samples} is invalid; use 1 to 1000000")
         overrides["samples"] = samples
     if resolution is not None:
+        if not 1 <= resolution <= 1000:
+            raise InvalidInput(f"--resolution {resolution} is invalid; use 1 to 1000")
         overrides["resolution_percentage"] = resolution
     if gpu != "none":
         overrides["device"] = "GPU"

@@ -264,6 +264,9 @@ class WorkerAgent:
             return
         if work.cancelled():
             op = "task_canceled"
+        elif slot.running is not None and slot.running.canceled:
+            work.exception()  # retrieved, so asyncio does not report it as lost
+            logger.info("worker %s attempt %s canceled", slot.worker_id, attempt_id)
         elif isinstance(error := work.exception(), WORK_ERRORS):
             logger.warning(
                 "worker %s attempt %s failed: %s", slot.worker_id, attempt_id, error
