@@ -115,11 +115,19 @@ class ClientService:
         )
 
     async def call_server(
-        self, op: str, body: dict[str, Any], timeout: float = SERVER_TIMEOUT
+        self,
+        op: str,
+        body: dict[str, Any],
+        timeout: float = SERVER_TIMEOUT,
+        wait_for_server: float = SERVER_TIMEOUT,
     ) -> Any:
-        """Forward a request to the farm's server."""
+        """Forward a request to the farm's server.
+
+        ``wait_for_server`` is how long to wait, in seconds, for an election when
+        the farm has no server yet.
+        """
         try:
-            await asyncio.wait_for(self.server_ready.wait(), SERVER_TIMEOUT)
+            await asyncio.wait_for(self.server_ready.wait(), wait_for_server)
         except TimeoutError as exc:
             raise RemoteError(
                 "unavailable",
@@ -217,7 +225,11 @@ class ClientService:
     async def _status(self) -> dict[str, Any]:
         status = self.node.describe()
         try:
-            farm = await self.call_server("list_jobs", {"limit": 100})
+            # status must stay quick when the farm has no server: it is how a
+            # user finds out why.
+            farm = await self.call_server(
+                "list_jobs", {"limit": 100}, timeout=5.0, wait_for_server=2.0
+            )
         except RemoteError as exc:
             status["jobs"] = []
             status["workers"] = []

@@ -142,7 +142,8 @@ class ServerRole:
             # The worker is free whatever became of its result, a rejected one
             # included, so it gets its next task at once.
             await self._park_reporter(identity, body)
-        logger.info(
+        # The store logs each completion at INFO already; this line adds the status.
+        logger.debug(
             "attempt %s %s: task %s is %s", attempt_id, status, task.id, task.status
         )
         return {"task_id": task.id, "status": str(task.status)}
