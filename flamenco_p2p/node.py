@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +19,14 @@ from flamenco_p2p import __version__
 from flamenco_p2p.background import BackgroundTasks
 from flamenco_p2p.blobs import BlobStore
 from flamenco_p2p.config import NodeConfig, load_node_id
+from flamenco_p2p.discovery import (
+    Advert,
+    MdnsDiscovery,
+    PeerSighting,
+    check_multicast,
+    default_interfaces,
+    parse_seed,
+)
 from flamenco_p2p.election import (
     SERVER_ROLE,
     Action,
@@ -102,7 +112,7 @@ class Node:
         self.manager_role: ManagerRole | None = None
         self.worker: WorkerAgent | None = None
         self.client = ClientService(self)
-        self.discovery: Any = None
+        self.discovery: MdnsDiscovery | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._vote_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -135,7 +145,7 @@ class Node:
             await self._start_worker()
         # The settle time runs from here: discovery has had its chance to find
         # peers, and the first heartbeats go out now.
-        self.me = _replace_started(self.me, self.clock())
+        self.me = dataclasses.replace(self.me, started=self.clock())
         self.membership.update_self(self.me)
         self._tasks.append(
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
@@ -175,9 +185,6 @@ class Node:
         logger.info("node %s stopped", self.node_id)
 
     async def _start_discovery(self) -> None:
-        from flamenco_p2p.discovery.mdns import MdnsDiscovery
-        from flamenco_p2p.discovery.multicast import check_multicast, default_interfaces
-
         interfaces = list(self.config.mdns_interfaces) or default_interfaces(
             self.config.bind_address
         )
@@ -204,7 +211,7 @@ class Node:
         render = self.config.render
         backend = RenderBackend(
             kind=render.backend,
-            python=render.python or _default_python(),
+            python=render.python or sys.executable,
             blender_path=render.blender_path,
             allow_scripts=render.allow_scripts,
         )
@@ -231,9 +238,7 @@ class Node:
 
     # Discovery and contacts ----------------------------------------------------
 
-    def _advert(self) -> Any:
-        from flamenco_p2p.discovery import Advert
-
+    def _advert(self) -> Advert:
         caps = self.capabilities
         summary = (
             f"cpu={caps.get('cpu_cores', 0)};gpu={','.join(caps.get('gpu_types', []))};"
@@ -253,14 +258,14 @@ class Node:
             capabilities=summary[:200],
         )
 
-    def _on_sighting(self, sighting: Any) -> None:
+    def _on_sighting(self, sighting: PeerSighting) -> None:
         if sighting.farm_id != self.farm_id:
             self._note_foreign(sighting)
             return
         endpoint = f"tcp://{sighting.address}:{sighting.node_port}"
         self._add_contact(endpoint, "mdns", sighting.node_id)
 
-    def _note_foreign(self, sighting: Any) -> None:
+    def _note_foreign(self, sighting: PeerSighting) -> None:
         if sighting.node_id not in self.foreign:
             if len(self.foreign) >= 256:
                 self.foreign.pop(next(iter(self.foreign)))
@@ -670,19 +675,5 @@ class Node:
 
 
 def _seed_endpoint(seed: str, default_port: int) -> str:
-    from flamenco_p2p.discovery.seeds import parse_seed
-
     host, port = parse_seed(seed, default_port)
     return f"tcp://{host}:{port}"
-
-
-def _replace_started(info: NodeInfo, started: float) -> NodeInfo:
-    import dataclasses
-
-    return dataclasses.replace(info, started=started)
-
-
-def _default_python() -> str:
-    import sys
-
-    return sys.executable
