@@ -47,6 +47,7 @@ from bench.common import (
 )
 from flamenco_p2p.client import NodeClient
 from flamenco_p2p.config import load_config
+from flamenco_p2p.demo import create_farm, start_node
 from flamenco_p2p.errors import FarmUnavailable
 from flamenco_p2p.render.controller import child_environment
 from flamenco_p2p.render.demo_scene import make_demo_scene
@@ -138,21 +139,7 @@ def write_daemon_config(data_dir: Path, address: str) -> None:
     The config has one slot, no mDNS and no capability probe.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flamenco_p2p",
-            "init",
-            "--farm",
-            "bench-render",
-            "--data-dir",
-            str(data_dir),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    create_farm([data_dir], "bench-render")
     timing = "".join(f"{key} = {value}\n" for key, value in FAST_TIMING.items())
     text = (
         'site = "bench"\n'
@@ -161,26 +148,6 @@ def write_daemon_config(data_dir: Path, address: str) -> None:
         f"{NO_PROBE_TOML}\n[timing]\n{timing}"
     )
     (data_dir / "flamenco-p2p.toml").write_text(text, encoding="utf-8")
-
-
-def start_daemon(data_dir: Path) -> subprocess.Popen[bytes]:
-    """Start `flamenco-p2p run` in its own process group."""
-    argv = [
-        sys.executable,
-        "-m",
-        "flamenco_p2p",
-        "run",
-        "--data-dir",
-        str(data_dir),
-        "--log-file",
-        str(data_dir / "node.log"),
-    ]
-    return subprocess.Popen(
-        argv,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
 
 
 def stop_daemon(process: subprocess.Popen[bytes]) -> None:
@@ -282,7 +249,7 @@ async def farm_render(
         name=f"bench chunk {chunk}",
     )
     config = load_config(data_dir)
-    process = start_daemon(data_dir)
+    process = start_node(data_dir)
     try:
         await wait_for_port(config.bind_address, config.node_port, process)
         async with NodeClient.for_config(config, timeout=20) as client:

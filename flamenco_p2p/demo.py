@@ -50,6 +50,7 @@ def run_demo(frames: int, output: Path, work_dir: Path | None, timeout: float) -
     for data_dir, address in zip(data_dirs, addresses, strict=True):
         write_node_config(data_dir, address)
     create_farm(data_dirs, farm)
+    say(f"demo: created farm {farm!r} on node 1 and joined nodes 2 and 3 to it")
     say(f"demo: work directory {work}")
     processes = [start_node(d) for d in data_dirs]
     try:
@@ -73,7 +74,6 @@ def create_farm(data_dirs: list[Path], farm: str) -> None:
     code = run_cli(["invite", "--data-dir", str(data_dirs[0])]).strip()
     for data_dir in data_dirs[1:]:
         run_cli(["join", code, "--data-dir", str(data_dir)])
-    say(f"demo: created farm {farm!r} on node 1 and joined nodes 2 and 3 to it")
 
 
 def run_cli(args: list[str]) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 
 from flamenco_p2p.client import NodeClient
 from flamenco_p2p.config import load_config
+from flamenco_p2p.demo import create_farm
+from flamenco_p2p.demo import run_cli as cli
 from flamenco_p2p.errors import FarmUnavailable
 from flamenco_p2p.transport import RemoteError
 
@@ -55,20 +57,6 @@ class FarmNode:
     def log_text(self) -> str:
         """Return what the node logged so far."""
         return self.log.read_text(encoding="utf-8") if self.log.exists() else ""
-
-
-def cli(args: list[str]) -> str:
-    """Run a flamenco-p2p command; returns its standard output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "flamenco_p2p", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"flamenco-p2p {args[0]} failed: {result.stderr}")
-    return result.stdout
 
 
 class LocalFarm:
@@ -116,11 +104,8 @@ class LocalFarm:
 
         Nodes listed in ``strangers`` get a farm of their own with the same name.
         """
-        members = [n for n in self.nodes if n.index not in self.strangers]
-        cli(["init", "--farm", self.farm, "--data-dir", str(members[0].data_dir)])
-        code = cli(["invite", "--data-dir", str(members[0].data_dir)]).strip()
-        for node in members[1:]:
-            cli(["join", code, "--data-dir", str(node.data_dir)])
+        members = [n.data_dir for n in self.nodes if n.index not in self.strangers]
+        create_farm(members, self.farm)
         for index in self.strangers:
             cli(
                 [

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from farm import FAST_TIMING
-from farm import cli as farm_cli
 from netns import NetnsLab, netns_available
 
+from flamenco_p2p.demo import create_farm
 from flamenco_p2p.render.demo_scene import make_demo_scene
 from flamenco_p2p.render.validate import validate_output
 
@@ -56,7 +56,7 @@ def test_system_three_hosts_elect_and_render(tmp_path: Path) -> None:
                 encoding="utf-8",
             )
             dirs.append(data_dir)
-        create_farm(dirs)
+        create_farm(dirs, "system")
         for index, data_dir in enumerate(dirs):
             argv = [
                 sys.executable,
@@ -94,13 +94,6 @@ def test_system_three_hosts_elect_and_render(tmp_path: Path) -> None:
     names = sorted(p.name for p in output.iterdir())
     assert names == [f"shot_{f:04d}.png" for f in range(1, 7)]
     assert len({validate_output(str(output / n)).sha256 for n in names}) == 6
-
-
-def create_farm(dirs: list[Path]) -> None:
-    farm_cli(["init", "--farm", "system", "--data-dir", str(dirs[0])])
-    code = farm_cli(["invite", "--data-dir", str(dirs[0])]).strip()
-    for data_dir in dirs[1:]:
-        farm_cli(["join", code, "--data-dir", str(data_dir)])
 
 
 def _wait_for_roles(lab: NetnsLab, dirs: list[Path]) -> list[dict[str, Any]]:
