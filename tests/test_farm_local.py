@@ -113,6 +113,10 @@ async def test_farm_cancel_stops_tasks_and_next_job_runs(tmp_path: Path) -> None
         next_id = await submit(farm, sleep_job(2, 0.1))
         view = await farm.wait_for_job(next_id, timeout=20)
         assert view["job"]["status"] == "completed", farm.logs()
+        with pytest.raises(RemoteError) as caught:
+            await farm.call(0, "client_cancel", {"job_id": next_id})
+        assert caught.value.code == "conflict"
+        assert "already completed" in str(caught.value)
 
 
 async def test_farm_gpu_job_goes_only_to_gpu_worker(tmp_path: Path) -> None:

@@ -10,7 +10,13 @@ from typing import Any
 
 import zmq.asyncio
 
-from flamenco_p2p.errors import InvalidInput, NotFound, StaleAttempt, StateError
+from flamenco_p2p.errors import (
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    StaleAttempt,
+    StateError,
+)
 from flamenco_p2p.jobs.spec import JobSpec
 from flamenco_p2p.protocol.messages import Message
 from flamenco_p2p.roles.wire import (
@@ -225,6 +231,13 @@ class ServerRole:
             active = await self.store.cancel_job(body["job_id"])
         except NotFound as exc:
             raise RemoteError("not_found", str(exc), "job_id") from exc
+        except InvalidTransition as exc:
+            raise RemoteError(
+                "conflict",
+                f"job {body['job_id']} is already {exc.current}; only jobs that are"
+                " queued, active or paused can be canceled",
+                "job_id",
+            ) from exc
         for assignment in active:
             await self._send_cancel(assignment)
         logger.info(
