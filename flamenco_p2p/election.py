@@ -44,7 +44,7 @@ def manager_role(site: str) -> str:
 
 @dataclass(slots=True)
 class RoleView:
-    """The holder of one role, as this node knows it."""
+    """The holder of one role, as this node has recorded it."""
 
     epoch: int = 0
     holder: str | None = None
@@ -120,7 +120,7 @@ class Election:
         return [SERVER_ROLE, manager_role(self.membership.me.site)]
 
     def view(self, role: str) -> RoleView:
-        """Return what this node knows of a role, creating an empty view."""
+        """Return this node's view of a role, creating an empty one."""
         return self.views.setdefault(role, RoleView())
 
     def holder(self, role: str, now: float) -> tuple[str, int] | None:
@@ -136,7 +136,7 @@ class Election:
         return view.holder, view.epoch
 
     def claims(self) -> list[tuple[str, int, str]]:
-        """Return (role, epoch, holder) of every holder this node knows, for gossip."""
+        """Return (role, epoch, holder) of every holder on record, for gossip."""
         return [
             (role, view.epoch, view.holder)
             for role, view in self.views.items()

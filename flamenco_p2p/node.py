@@ -180,7 +180,8 @@ class Node:
         await self.endpoint.close()
         if self.authenticator is not None:
             await self.authenticator.stop()
-        # destroy() closes any socket a late task still held, so term never hangs.
+        # destroy() closes any socket that a late task still holds, so that terminating
+        # the context cannot wait for it.
         self.ctx.destroy(linger=0)
         logger.info("node %s stopped", self.node_id)
 
@@ -306,7 +307,7 @@ class Node:
             contact.node_id = node_id
 
     def _evict_contact(self) -> bool:
-        """Drop the oldest contact that never answered; False if every one did."""
+        """Drop the oldest contact that never responded; False if every one did."""
         silent = [
             c
             for c in self.contacts.values()
@@ -367,7 +368,7 @@ class Node:
         self._forget_contacts(now)
 
     def _may_stand(self, now: float) -> bool:
-        """Return False while a recently found contact has not answered yet."""
+        """Return False while a recently found contact has not responded yet."""
         wait = self.config.timing.settle_time
         for contact in self.contacts.values():
             answered = contact.last_heard > 0.0
