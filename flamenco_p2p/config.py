@@ -38,7 +38,7 @@ class Timing:
 
 @dataclass(frozen=True, slots=True)
 class RenderSettings:
-    """How this node's worker renders."""
+    """Render settings of this node's worker."""
 
     backend: str = "bpy"
     python: str | None = None
@@ -340,8 +340,8 @@ def load_node_id(data_dir: Path) -> str:
         return text
     if text:
         raise ConfigError(
-            f"node id file {path} holds {text[:40]!r}, not 32 hex digits; delete it to"
-            " get a new id"
+            f"node id file {path} contains {text[:40]!r}, not 32 hex digits; delete"
+            " it to get a new id"
         )
     node_id = uuid.uuid4().hex
     data_dir.mkdir(parents=True, exist_ok=True)

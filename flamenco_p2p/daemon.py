@@ -25,7 +25,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s node=%(node)s %(name)s: %(message)s"
 
 
 class NodeNameFilter(logging.Filter):
-    """Adds the short node id to every record, so merged logs say who wrote what."""
+    """Adds the short node id to every record, so merged logs show which node
+    wrote each line."""
 
     def __init__(self, node_id: str) -> None:
         super().__init__()

@@ -100,9 +100,9 @@ def write_node_config(data_dir: Path, address: str) -> None:
     )
 
 
-def start_node(data_dir: Path) -> subprocess.Popen[bytes]:
-    """Start one node as a child process that logs to its data directory."""
-    argv = [
+def node_argv(data_dir: Path) -> list[str]:
+    """Return the command that runs a node which logs to its data directory."""
+    return [
         sys.executable,
         "-m",
         "flamenco_p2p",
@@ -112,6 +112,11 @@ def start_node(data_dir: Path) -> subprocess.Popen[bytes]:
         "--log-file",
         str(data_dir / "node.log"),
     ]
+
+
+def start_node(data_dir: Path) -> subprocess.Popen[bytes]:
+    """Start one node as a child process that logs to its data directory."""
+    argv = node_argv(data_dir)
     return subprocess.Popen(
         argv,
         stdout=subprocess.DEVNULL,

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 SERVER_ROLE = "server"
 CAMPAIGN_TIMEOUT = 1.0
-# Far below the wire format's limit of 2**53, and far above any real farm's count
-# of elections; a claim beyond it can only be forged, and taking it would leave
+# Far below the wire format's limit of 2**53 and far above any real farm's count
+# of elections. A claim beyond it can only be forged, and taking it would leave
 # no epoch to move on to.
 MAX_EPOCH = 2**52
 
@@ -271,7 +271,7 @@ class Election:
     def handle_vote_request(
         self, role: str, epoch: int, candidate: Rank, now: float
     ) -> tuple[bool, int]:
-        """Decide on a vote; returns (granted, the newest epoch this node knows)."""
+        """Decide on a vote; returns (granted, the newest epoch on record)."""
         if role not in self.roles_in_scope():
             return False, 0
         view = self.view(role)

@@ -88,4 +88,4 @@ class BlobError(FarmError):
 
 
 class FarmUnavailable(FarmError):
-    """No node, manager or server answered in time."""
+    """No node, manager or server responded in time."""

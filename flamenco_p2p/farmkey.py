@@ -178,8 +178,8 @@ def save_farm_key(data_dir: Path, farm_key: FarmKey, replace: bool = False) -> P
         if existing.key == farm_key.key:
             return path
         raise ConfigError(
-            f"{path} already holds the key of farm {existing.farm!r}; pass --force to"
-            " replace it (this node then leaves that farm)"
+            f"{path} already contains the key of farm {existing.farm!r}; pass --force"
+            " to replace it (this node then leaves that farm)"
         )
     text = json.dumps({"version": 1, "farm": farm_key.farm, "key": farm_key.key.hex()})
     tmp = path.with_name(path.name + ".tmp")

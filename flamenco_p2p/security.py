@@ -52,7 +52,10 @@ def farm_context(farm_key: FarmKey) -> FarmContext:
 def _key_of(ctx: zmq.asyncio.Context) -> FarmKey:
     farm_key = getattr(ctx, "farm_key", None)
     if not isinstance(farm_key, FarmKey):
-        raise ConfigError("a farm socket needs a FarmContext that holds the farm key")
+        raise ConfigError(
+            "a farm socket needs a FarmContext with the farm key; create the context"
+            " with farm_context()"
+        )
     return farm_key
 
 
@@ -122,7 +125,7 @@ class ZapHandler:
         )
 
     async def stop(self) -> None:
-        """Stop answering and unbind; idempotent."""
+        """Stop replying to ZAP requests and unbind; idempotent."""
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
@@ -132,7 +135,7 @@ class ZapHandler:
 class HandshakeWatch:
     """Logs failed CURVE handshakes on one socket: the first, then a count a minute.
 
-    A client without the farm key fails the handshake before ZAP sees it, and
+    A client without the farm key fails the handshake before ZAP is consulted, and
     ZeroMQ reports that only through the socket monitor.
     """
 

@@ -2,7 +2,8 @@
 
 Every socket gets a bounded ``maxmsgsize`` (a forged frame header could otherwise make
 libzmq reserve gigabytes), ZMTP heartbeats (a frozen peer is otherwise never noticed),
-and ``linger = 0`` (so closing never blocks the loop). Every socket is encrypted
+and ``linger = 0`` (so closing does not block the loop). ``configure`` sets
+all three. Every socket is encrypted
 and authenticated with CURVE (see flamenco_p2p/security.py).
 """
 
@@ -40,7 +41,7 @@ SEND_HWM = 10_000
 
 
 class Reply:
-    """An answer with its own operation, for replies that are not a plain ``reply``."""
+    """A reply with its own operation, for replies that are not a plain ``reply``."""
 
     __slots__ = ("body", "op")
 
@@ -53,7 +54,7 @@ Handler = Callable[[bytes, Message], Awaitable["dict[str, Any] | Reply | None"]]
 
 
 class RemoteError(Exception):
-    """A peer answered a request with an error message."""
+    """A peer replied to a request with an error message."""
 
     def __init__(self, code: str, message: str, field: str | None) -> None:
         self.code = code
@@ -222,7 +223,7 @@ class RouterEndpoint:
     async def _reject(
         self, identity: bytes, frame: bytes, error: ProtocolError
     ) -> None:
-        # Only a frame that decodes to a map with a request id gets an answer, so a
+        # Only a frame that decodes to a map with a request id gets a reply, so a
         # stream of garbage from an unknown peer costs no replies.
         request_id = _peek_request_id(frame)
         if request_id is not None:
@@ -394,7 +395,7 @@ class DealerLink:
                 message = await future
         except TimeoutError as exc:
             raise FarmUnavailable(
-                f"{self.name}: no answer to {op} from {self.endpoint} within"
+                f"{self.name}: request {op} to {self.endpoint} timed out after"
                 f" {timeout} s"
             ) from exc
         finally:

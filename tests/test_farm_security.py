@@ -52,7 +52,7 @@ async def test_stranger_refused_and_farm_keeps_working(tmp_path: Path) -> None:
                 for name, port in ROLE_PORTS.items():
                     link = DealerLink(ctx, stranger_id, f"tcp://{node.address}:{port}")
                     try:
-                        with pytest.raises(Exception, match="no answer"):
+                        with pytest.raises(Exception, match="timed out"):
                             await link.call("client_status", {}, timeout=1.0)
                     finally:
                         await link.close()

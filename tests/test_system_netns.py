@@ -13,7 +13,7 @@ import pytest
 from farm import FAST_TIMING
 from netns import NetnsLab, netns_available
 
-from flamenco_p2p.demo import create_farm
+from flamenco_p2p.demo import create_farm, node_argv
 from flamenco_p2p.render.demo_scene import make_demo_scene
 from flamenco_p2p.render.validate import validate_output
 
@@ -58,17 +58,7 @@ def test_system_three_hosts_elect_and_render(tmp_path: Path) -> None:
             dirs.append(data_dir)
         create_farm(dirs, "system")
         for index, data_dir in enumerate(dirs):
-            argv = [
-                sys.executable,
-                "-m",
-                "flamenco_p2p",
-                "run",
-                "--data-dir",
-                str(data_dir),
-                "--log-file",
-                str(data_dir / "node.log"),
-            ]
-            lab.popen(index, argv)
+            lab.popen(index, node_argv(data_dir))
         views = _wait_for_roles(lab, dirs)
         roles = [v["roles"] for v in views]
         assert roles[0] == roles[1] == roles[2]

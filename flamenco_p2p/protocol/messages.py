@@ -212,7 +212,7 @@ class Message:
     epoch: int | None = None
     request_id: int | None = None
     version: int = PROTOCOL_VERSION
-    # The IP address the message came from, where the socket tells it.
+    # The IP address the message came from, when the socket reports it.
     peer_address: str | None = None
 
 

@@ -413,7 +413,7 @@ class WorkerAgent:
             )
 
     async def _report(self, slot: Slot | None, op: str, body: dict[str, Any]) -> None:
-        """Send a result to the manager, retrying while no manager answers.
+        """Send a result to the manager, retrying while no manager responds.
 
         A result is the product of a render, so the worker keeps trying for
         RESULT_PATIENCE seconds, through manager changes.
