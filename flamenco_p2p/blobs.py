@@ -84,6 +84,10 @@ class BlobStore:
         logger.info("stored blob %s (%d bytes) from %s", sha256, size, source)
         return sha256, copied_size
 
+    def remove(self, sha256: str) -> None:
+        """Delete a stored blob; a missing one is no error."""
+        self.path(sha256).unlink(missing_ok=True)
+
     def read_chunk(self, sha256: str, offset: int, length: int) -> bytes:
         """Read part of a stored blob."""
         try:

@@ -33,7 +33,22 @@ class Timing:
     suspect_after: float = 2.0
     dead_after: float = 5.0
     settle_time: float = 1.5
-    worker_silent_after: float = 5.0
+    worker_silent_after: float = 45.0
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePolicy:
+    """Server rules for retrying and failing tasks and for blocklisting workers.
+
+    The defaults are those of FarmStore.open.
+    """
+
+    task_fail_workers: int = 3
+    max_attempts: int = 6
+    retry_same_worker_after: float = 60.0
+    blocklist_threshold: int = 3
+    blocklist_forget_after: float = 600.0
+    job_fail_ratio: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,7 @@ class NodeConfig:
     render: RenderSettings = field(default_factory=RenderSettings)
     capabilities: CapabilityOverride = field(default_factory=CapabilityOverride)
     timing: Timing = field(default_factory=Timing)
+    failures: FailurePolicy = field(default_factory=FailurePolicy)
 
     @property
     def database_path(self) -> Path:
@@ -121,6 +137,7 @@ def config_from_dict(raw: dict[str, Any], data_dir: Path, source: str) -> NodeCo
     render = reader.table("render")
     caps = reader.table("capabilities")
     timing = reader.table("timing")
+    failures = reader.table("failures")
     config = NodeConfig(
         data_dir=data_dir,
         site=reader.text(raw, "site", "default"),
@@ -143,6 +160,7 @@ def config_from_dict(raw: dict[str, Any], data_dir: Path, source: str) -> NodeCo
         ),
         capabilities=_capabilities(reader, caps),
         timing=_timing(reader, timing),
+        failures=_failures(reader, failures),
     )
     _check_ports(config, source)
     return config
@@ -185,6 +203,30 @@ def _timing(reader: _Reader, table: dict[str, Any]) -> Timing:
     return timing
 
 
+def _failures(reader: _Reader, table: dict[str, Any]) -> FailurePolicy:
+    base = FailurePolicy()
+    return FailurePolicy(
+        task_fail_workers=reader.integer(
+            table, "task_fail_workers", base.task_fail_workers, 1, 100
+        ),
+        max_attempts=reader.integer(table, "max_attempts", base.max_attempts, 1, 1000),
+        retry_same_worker_after=reader.number(
+            table, "retry_same_worker_after", base.retry_same_worker_after, 0, 86_400
+        ),
+        blocklist_threshold=reader.integer(
+            table, "blocklist_threshold", base.blocklist_threshold, 1, 1000
+        ),
+        blocklist_forget_after=reader.number(
+            table,
+            "blocklist_forget_after",
+            base.blocklist_forget_after,
+            0,
+            2_592_000,
+        ),
+        job_fail_ratio=reader.fraction(table, "job_fail_ratio", base.job_fail_ratio),
+    )
+
+
 def _check_ports(config: NodeConfig, source: str) -> None:
     ports = {config.node_port, config.manager_port, config.server_port}
     if len(ports) != 3:
@@ -224,6 +266,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "render",
             "capabilities",
             "timing",
+            "failures",
         }
     ),
     "ports": frozenset({"node", "manager", "server"}),
@@ -232,6 +275,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "render": frozenset({"backend", "python", "blender_path", "allow_scripts"}),
     "capabilities": frozenset({"cpu_cores", "gpu_types", "blender_version", "tags"}),
     "timing": frozenset(Timing.__dataclass_fields__),
+    "failures": frozenset(FailurePolicy.__dataclass_fields__),
 }
 
 
@@ -313,6 +357,16 @@ class _Reader:
             raise self._fail(key, value, "a number of seconds")
         if not low <= float(value) <= high:
             raise self._fail(key, value, f"a number from {low} to {high}")
+        return float(value)
+
+    def fraction(self, table: dict[str, Any], key: str, default: float) -> float:
+        value = table.get(key, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= 1
+        ):
+            raise self._fail(key, value, "a number from 0 to 1, such as 0.1 for 10 %")
         return float(value)
 
     def port(self, table: dict[str, Any], key: str, default: int) -> int:

@@ -166,6 +166,10 @@ class Election:
         view = self.view(role)
         if epoch < view.epoch:
             return actions
+        if not direct and epoch == view.epoch and self._is_gone(holder, now):
+            # Gossip about a holder this node cannot hear: it stays vacant here
+            # instead of flipping back and forth on every heartbeat.
+            return actions
         # Two claims of one epoch: the larger node id wins (see the module notes).
         rival = view.holder
         if (
@@ -189,6 +193,11 @@ class Election:
             logger.info("%s is now node %s, epoch %d", role, holder, epoch)
             actions.append(HolderChanged(role, epoch, holder))
         return actions
+
+    def _is_gone(self, node_id: str, now: float) -> bool:
+        if node_id == self.node_id:
+            return False
+        return self.membership.state(node_id, now) in (PeerState.DEAD, PeerState.LEFT)
 
     def tick(self, now: float, may_stand: bool = True) -> list[Action]:
         """Start, finish or drop campaigns for vacant roles.

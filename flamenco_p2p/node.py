@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from flamenco_p2p.node_client import ClientService
 from flamenco_p2p.protocol.messages import Message
 from flamenco_p2p.render.controller import RenderBackend
 from flamenco_p2p.roles.manager import ManagerRole
+from flamenco_p2p.roles.replication import LogSource, Standby
 from flamenco_p2p.roles.server import ServerRole
 from flamenco_p2p.roles.worker import WorkerAgent
 from flamenco_p2p.security import ZapHandler, farm_context
@@ -57,6 +59,7 @@ VOTE_TIMEOUT = 1.0
 # and gossip from any member can add contacts.
 MAX_CONTACTS = 512
 CONTACT_FORGET_AFTER = 600.0
+CLOCK_SKEW_WARNING = 60.0
 
 
 @dataclass(slots=True)
@@ -111,12 +114,14 @@ class Node:
         self.server_role: ServerRole | None = None
         self.manager_role: ManagerRole | None = None
         self.worker: WorkerAgent | None = None
+        self.standby: Standby | None = None
         self.client = ClientService(self)
         self.discovery: MdnsDiscovery | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._vote_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.background = BackgroundTasks("node")
+        self._skew_warned: dict[str, float] = {}
         self._advert_dirty = False
         self._advert_task: asyncio.Task[None] | None = None
 
@@ -141,6 +146,21 @@ class Node:
             self._add_contact(_seed_endpoint(seed, config.node_port), "seed")
         if config.mdns:
             await self._start_discovery()
+        if config.can_serve:
+            self.standby = Standby(
+                self.ctx,
+                self.node_id,
+                config.database_path,
+                self.blobs,
+                self.node_endpoints,
+            )
+            await self.standby.open()
+            self.me = dataclasses.replace(
+                self.me,
+                rank=dataclasses.replace(
+                    self.me.rank, freshness=self.standby.freshness
+                ),
+            )
         if config.worker_slots > 0:
             await self._start_worker()
         # The settle time runs from here: discovery has had its chance to find
@@ -171,6 +191,8 @@ class Node:
         await asyncio.sleep(0.05)
         if self.worker is not None:
             await self.worker.close()
+        if self.standby is not None:
+            await self.standby.release()
         await self.background.cancel_all()
         if self.discovery is not None:
             await self.discovery.stop()
@@ -234,6 +256,7 @@ class Node:
             self.config.data_dir / "scratch",
             self.node_endpoints,
             self.config.timing.heartbeat_interval,
+            outbox_dir=self.config.data_dir / "outbox",
         )
         await self.worker.start()
 
@@ -360,6 +383,11 @@ class Node:
 
     async def _beat(self) -> None:
         now = self.clock()
+        freshness = self._freshness()
+        if freshness != self.me.rank.freshness:
+            rank = dataclasses.replace(self.me.rank, freshness=freshness)
+            self.me = dataclasses.replace(self.me, rank=rank)
+            self.membership.update_self(self.me)
         await self._run_actions(self.election.tick(now, self._may_stand(now)))
         await self._reconcile_links(now)
         body = self._heartbeat_body(now)
@@ -387,7 +415,12 @@ class Node:
             for role, epoch, holder in self.election.claims()
             if holder == self.node_id or self.election.holder(role, now) is not None
         ]
-        return {"node": self.me.to_dict(), "peers": peers[:512], "claims": claims[:64]}
+        return {
+            "node": self.me.to_dict(),
+            "peers": peers[:512],
+            "claims": claims[:64],
+            "wall_clock": time.time(),
+        }
 
     def _forget_contacts(self, now: float) -> None:
         for endpoint, contact in list(self.contacts.items()):
@@ -407,6 +440,7 @@ class Node:
                 "heartbeat node id differs from its sender", "node.node_id"
             )
         self.membership.heard(info, now)
+        self._check_skew(info.node_id, message.body.get("wall_clock"), now)
         endpoint = info.node_endpoint
         self._add_contact(endpoint, "heartbeat", info.node_id)
         contact = self.contacts.get(endpoint)
@@ -426,6 +460,30 @@ class Node:
                 claim["role"], claim["epoch"], claim["holder"], now, direct
             )
         await self._run_actions(actions)
+
+    def _check_skew(self, node_id: str, wall_clock: float | None, now: float) -> None:
+        """Warn, at most every 10 minutes per peer, of a wall clock over 60 s off.
+
+        Nothing depends on the skew: every timeout runs on the deciding node's own
+        monotonic clock. Timestamps in the farm state and in logs are each
+        node's wall clock, so a skewed node's times read wrong.
+        """
+        if wall_clock is None:
+            return
+        skew = wall_clock - time.time()
+        if abs(skew) <= CLOCK_SKEW_WARNING:
+            return
+        if now - self._skew_warned.get(node_id, -math.inf) < 600:
+            return
+        if len(self._skew_warned) >= MAX_CONTACTS:
+            self._skew_warned.clear()
+        self._skew_warned[node_id] = now
+        logger.warning(
+            "node %s's clock is %+.0f s off this node's; timestamps it writes will"
+            " read wrong until its clock is set (timeouts are not affected)",
+            node_id,
+            skew,
+        )
 
     async def _run_actions(self, actions: list[Action]) -> None:
         if self._stopping:
@@ -504,15 +562,42 @@ class Node:
         self._update_advert()
 
     async def _start_server(self, epoch: int) -> None:
-        store = await FarmStore.open(self.config.database_path)
-        role = ServerRole(self.ctx, self.node_id, epoch, store, self._manager_epoch)
+        if self.standby is not None:
+            # The replica is the database the server role goes on with.
+            await self.standby.release()
+        failures = self.config.failures
+        store = await FarmStore.open(
+            self.config.database_path,
+            max_attempts=failures.max_attempts,
+            task_fail_workers=failures.task_fail_workers,
+            retry_same_worker_after=failures.retry_same_worker_after,
+            blocklist_threshold=failures.blocklist_threshold,
+            blocklist_forget_after=failures.blocklist_forget_after,
+            job_fail_ratio=failures.job_fail_ratio,
+        )
+        timing = self.config.timing
+        role = ServerRole(
+            self.ctx,
+            self.node_id,
+            epoch,
+            store,
+            self._manager_epoch,
+            LogSource(store, self.node_id, self.blobs),
+            self.config.data_dir / "snapshots",
+            unclaimed_after=timing.worker_silent_after + timing.dead_after,
+        )
         try:
-            role.start(self.config.bind_address, self.config.server_port)
+            await role.start(self.config.bind_address, self.config.server_port)
         except zmq.ZMQError:
-            await store.close()
+            await role.close()
+            await self._resume_standby()
             raise
         self.server_role = role
         await self._holder_changed(SERVER_ROLE)
+
+    async def _resume_standby(self) -> None:
+        if self.standby is not None and not self._stopping:
+            await self.standby.open()
 
     async def _start_manager(self, epoch: int) -> None:
         role = ManagerRole(
@@ -544,6 +629,7 @@ class Node:
         if action.role == SERVER_ROLE and self.server_role is not None:
             role, self.server_role = self.server_role, None
             await role.close()
+            await self._resume_standby()
         elif action.role != SERVER_ROLE and self.manager_role is not None:
             manager, self.manager_role = self.manager_role, None
             await manager.close()
@@ -558,6 +644,7 @@ class Node:
             if self.manager_role is not None:
                 await self.manager_role.set_server(endpoint, epoch)
             await self.client.set_server(endpoint, epoch)
+            self._follow_server(now)
         elif role == manager_role(self.config.site) and self.worker is not None:
             endpoint = self.role_endpoint(role, now)
             await self.worker.set_manager(endpoint, holder[1] if holder else 0)
@@ -579,9 +666,25 @@ class Node:
                 "links to the server are out of date: reconnecting to %s", server
             )
             await self._holder_changed(SERVER_ROLE)
+        self._follow_server(now)
         if self.worker is not None and self.worker.manager_endpoint != manager:
             logger.info("the worker's manager link is out of date: using %s", manager)
             await self._holder_changed(manager_role(self.config.site))
+
+    def _follow_server(self, now: float) -> None:
+        """Point the standby at the current server, unless this node is the server."""
+        if self.standby is None or self.standby.store is None:
+            return
+        holder = self.election.holder(SERVER_ROLE, now)
+        if holder is None or holder[0] == self.node_id:
+            self.standby.follow(None, None, 0)
+            return
+        self.standby.follow(self.role_endpoint(SERVER_ROLE, now), holder[0], holder[1])
+
+    def _freshness(self) -> int:
+        if self.server_role is not None:
+            return self.server_role.log.last_head
+        return self.standby.freshness if self.standby is not None else 0
 
     def role_endpoint(self, role: str, now: float) -> str | None:
         """Return the ZeroMQ endpoint of a role's current holder, or None."""

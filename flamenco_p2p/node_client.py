@@ -9,6 +9,7 @@ import ipaddress
 import json
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_OPEN_OUTPUTS = 64
+OUTPUT_IDLE_AFTER = 120.0
 SERVER_TIMEOUT = 15.0
 SUBMISSION_WAIT = 5.0
 # Compiling and storing a job of a million frames takes about 15 s on 2 cores.
@@ -46,6 +48,7 @@ class OutputWriter:
     size: int
     received: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
+    last_write: float = field(default_factory=time.monotonic)
 
 
 class ClientService:
@@ -124,23 +127,42 @@ class ClientService:
         """Forward a request to the farm's server.
 
         ``wait_for_server`` is how long to wait, in seconds, for an election when
-        the farm has no server yet.
+        the farm has no server yet. A request whose server changes before it
+        answers is sent again to the next server until both times have passed;
+        every forwarded operation is safe to repeat (a submission carries its
+        job id).
         """
-        try:
-            await asyncio.wait_for(self.server_ready.wait(), wait_for_server)
-        except TimeoutError as exc:
-            raise RemoteError(
-                "unavailable",
-                "the farm has no server yet; wait for the election or check `status`",
-                None,
-            ) from exc
-        link = self.server
-        if link is None:
-            raise RemoteError("unavailable", "the farm has no server right now", None)
-        try:
-            return await link.call(op, body, timeout=timeout)
-        except FarmUnavailable as exc:
-            raise RemoteError("unavailable", str(exc), None) from exc
+        deadline = time.monotonic() + wait_for_server + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(self.server_ready.wait(), max(remaining, 0.01))
+            except TimeoutError as exc:
+                raise RemoteError(
+                    "unavailable",
+                    "the farm has no server yet; wait for the election or check"
+                    " `status`",
+                    None,
+                ) from exc
+            link = self.server
+            if link is None:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                return await link.call(
+                    op, body, timeout=max(min(timeout, remaining), 0.5)
+                )
+            except FarmUnavailable as exc:
+                # Only a server change is worth another try: a server that is
+                # there but slow would only get the same request twice.
+                replaced = self.server is not link or link.closed
+                if not replaced or time.monotonic() >= deadline:
+                    raise RemoteError("unavailable", str(exc), None) from exc
+                logger.info(
+                    "%s not answered before the server changed (%s): sending again",
+                    op,
+                    exc,
+                )
 
     def _check_local(self, message: Message) -> None:
         """Reject a submission from another machine.
@@ -272,6 +294,11 @@ class ClientService:
     async def _output_put(self, body: dict[str, Any]) -> dict[str, Any]:
         key = (body["attempt_id"], body["name"])
         writer = self.outputs.get(key)
+        if writer is not None and body["offset"] == 0:
+            # The worker starts over (it retries a delivery that was cut off).
+            del self.outputs[key]
+            writer.tmp.unlink(missing_ok=True)
+            writer = None
         if writer is None:
             if body["offset"] != 0:
                 raise RemoteError(
@@ -301,6 +328,7 @@ class ClientService:
             raise RemoteError(
                 "invalid", f"output name {name!r} is not a plain file name", "name"
             )
+        self._drop_idle_outputs()
         if len(self.outputs) >= MAX_OPEN_OUTPUTS:
             raise RemoteError("busy", "too many output transfers at once; retry", None)
         folder = await self._output_dir(body["job_id"])
@@ -315,6 +343,19 @@ class ClientService:
         self.outputs[(body["attempt_id"], name)] = writer
         return writer
 
+    def _drop_idle_outputs(self) -> None:
+        """Forget transfers that no chunk reached for OUTPUT_IDLE_AFTER seconds."""
+        now = time.monotonic()
+        for key, writer in list(self.outputs.items()):
+            if now - writer.last_write > OUTPUT_IDLE_AFTER:
+                del self.outputs[key]
+                writer.tmp.unlink(missing_ok=True)
+                logger.warning(
+                    "dropped the transfer of output %s: no data for %.0f s",
+                    writer.final,
+                    now - writer.last_write,
+                )
+
     def _write_chunk(self, writer: OutputWriter, body: dict[str, Any]) -> None:
         data: bytes = body["data"]
         if body["offset"] != writer.received:
@@ -325,6 +366,7 @@ class ClientService:
             handle.write(data)
         writer.digest.update(data)
         writer.received += len(data)
+        writer.last_write = time.monotonic()
 
     def _finish_output(self, writer: OutputWriter) -> dict[str, Any]:
         actual = writer.digest.hexdigest()

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 ZMTP_HEARTBEAT_IVL_MS = 1000
 ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
 SEND_HWM = 10_000
+CONNECT_TIMEOUT_MS = 2000
 
 
 class Reply:
@@ -71,6 +72,9 @@ def configure(sock: zmq.asyncio.Socket) -> None:
     sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
     sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+    # Without it, a connect started during an outage waits out TCP's SYN back-off
+    # (tens of seconds) after the network is back.
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
     sock.setsockopt(zmq.RCVHWM, SEND_HWM)
 
 

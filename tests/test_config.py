@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 
-from flamenco_p2p.config import CONFIG_NAME, load_config, load_node_id
+from flamenco_p2p.config import CONFIG_NAME, FailurePolicy, load_config, load_node_id
 from flamenco_p2p.errors import ConfigError
+from flamenco_p2p.store import FarmStore
 
 
 def write(data_dir: Path, text: str) -> None:
@@ -61,6 +63,15 @@ def test_config_reads_every_section(tmp_path: Path) -> None:
         ('[render]\nbackend = "cinema4d"\n', "backend"),
         ('[capabilities]\ngpu_types = ["VOODOO"]\n', "VOODOO"),
         ("[timing]\nsuspect_after = 10\n", "suspect_after"),
+        ("failures = 3\n", "[failures]"),
+        ("[failures]\nmax_atempts = 4\n", "'max_atempts'"),
+        ("[failures]\nmax_attempts = 0\n", "max_attempts"),
+        ("[failures]\ntask_fail_workers = true\n", "task_fail_workers"),
+        ("[failures]\nblocklist_threshold = 2.5\n", "blocklist_threshold"),
+        ("[failures]\nretry_same_worker_after = -1\n", "retry_same_worker_after"),
+        ('[failures]\nblocklist_forget_after = "10m"\n', "blocklist_forget_after"),
+        ("[failures]\njob_fail_ratio = 1.5\n", "job_fail_ratio"),
+        ("[failures]\njob_fail_ratio = nan\n", "job_fail_ratio"),
         ("farm = \n", "cannot read"),
     ],
 )
@@ -88,3 +99,50 @@ def test_node_id_corrupt_file_rejected(tmp_path: Path) -> None:
     (tmp_path / "node-id").write_text("hello\n")
     with pytest.raises(ConfigError, match="delete it"):
         load_node_id(tmp_path)
+
+
+def test_config_reads_failures(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "[failures]\ntask_fail_workers = 2\nmax_attempts = 4\n"
+        "retry_same_worker_after = 30\nblocklist_threshold = 5\n"
+        "blocklist_forget_after = 120.5\njob_fail_ratio = 0.25\n",
+    )
+    failures = load_config(tmp_path).failures
+    assert failures.task_fail_workers == 2
+    assert failures.max_attempts == 4
+    assert failures.retry_same_worker_after == 30.0
+    assert failures.blocklist_threshold == 5
+    assert failures.blocklist_forget_after == 120.5
+    assert failures.job_fail_ratio == 0.25
+
+
+def test_config_failures_defaults(tmp_path: Path) -> None:
+    assert load_config(tmp_path).failures == FailurePolicy()
+
+
+def test_failure_defaults_match_store() -> None:
+    parameters = inspect.signature(FarmStore.open).parameters
+    for name in FailurePolicy.__dataclass_fields__:
+        assert getattr(FailurePolicy(), name) == parameters[name].default, name
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("[failures]\njob_fail_ratio = 1.5\n", ("1.5", "from 0 to 1")),
+        ("[failures]\nmax_attempts = 0\n", ("0", "integer from 1 to 1000")),
+        (
+            "[failures]\nretry_same_worker_after = -1\n",
+            ("-1", "number from 0 to 86400"),
+        ),
+    ],
+)
+def test_config_failures_error_shows_fix(
+    tmp_path: Path, text: str, parts: tuple[str, ...]
+) -> None:
+    write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    for part in parts:
+        assert part in str(caught.value)

@@ -293,3 +293,23 @@ def test_election_ignores_roles_out_of_scope() -> None:
     )
     assert "manager:b" not in election.views
     assert "whatever" not in election.views
+
+
+def test_election_gossip_does_not_revive_silent_holder() -> None:
+    membership = Membership(node_info(1, can_serve=False), TIMING)
+    election = Election(membership, TIMING)
+    holder = node_info(2)
+    membership.heard(holder, 0.0)
+    election.observe_claim(SERVER_ROLE, 4, holder.node_id, 0.0, True)
+    assert election.holder(SERVER_ROLE, 0.1) == (holder.node_id, 4)
+    later = TIMING.dead_after + 1.0
+    election.tick(later)
+    assert election.holder(SERVER_ROLE, later) is None
+    # A third node still hears the holder and gossips its claim.
+    actions = election.observe_claim(SERVER_ROLE, 4, holder.node_id, later, False)
+    assert actions == []
+    assert election.views[SERVER_ROLE].holder is None
+    # Its own heartbeat brings it back.
+    membership.heard(holder, later + 0.5)
+    election.observe_claim(SERVER_ROLE, 4, holder.node_id, later + 0.5, True)
+    assert election.holder(SERVER_ROLE, later + 0.6) == (holder.node_id, 4)

@@ -168,7 +168,10 @@ async def test_render_cancel_leaves_no_blender(tmp_path: Path) -> None:
 async def test_render_text_file_fails_job_naming_file(tmp_path: Path) -> None:
     blend = tmp_path / "x.blend"
     make_text_blend(blend)
-    with LocalFarm(tmp_path / "farm", 1) as farm:
+    # A farm of one worker retries the task on that worker at once, until its
+    # attempts run out.
+    retry_at_once = "[failures]\nretry_same_worker_after = 0\nmax_attempts = 3\n"
+    with LocalFarm(tmp_path / "farm", 1, extra_config=retry_at_once) as farm:
         await farm.wait_for_roles()
         job_id = await submit(farm, render_job(blend, "1-2", tmp_path / "out"), blend)
         view = await farm.wait_for_job(job_id, timeout=120)

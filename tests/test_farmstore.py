@@ -279,6 +279,8 @@ async def test_requeue_worker_without_attempts(store: FarmStore) -> None:
 
 
 async def test_fail_attempt_retries_then_fails_job(store: FarmStore) -> None:
+    # The task fails on its third worker, and 1 failed task of 3 reaches the
+    # default job_fail_ratio of 0.1, so the job fails and cancels the other two.
     job_id = await store.submit_job(sleep_job(tasks=3))
     failing_task = None
     for attempt in range(1, 4):
@@ -717,10 +719,17 @@ def test_lease_query_uses_indexes(db_path: Path) -> None:
     with sqlite3.connect(db_path) as db:
         plan = db.execute(
             "EXPLAIN QUERY PLAN " + _LEASE_SQL,
-            {"gpu_mask": 0, "blender": 0, "worker_id": "w"},
+            {
+                "gpu_mask": 0,
+                "blender": 0,
+                "worker_id": "w",
+                "retry_cutoff": 0.0,
+                "blocklist_cutoff": 0.0,
+            },
         ).fetchall()
     details = " | ".join(row[3] for row in plan)
     assert "tasks_runnable" in details
+    assert "attempts_by_task" in details
     assert "SCAN" not in details
 
 

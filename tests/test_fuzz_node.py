@@ -809,7 +809,11 @@ async def test_node_survives_fuzzed_messages(tmp_path: Path) -> None:
             # the resident size already counts what any later frame can need.
             await fuzz(ports, generator, 5_000, next_barrier, True)
             for port in ports.values():
-                envelope = {"op": "blob_data", "v": 1, "from": generator.sender}
+                envelope = {
+                    "op": "blob_data",
+                    "v": PROTOCOL_VERSION,
+                    "from": generator.sender,
+                }
                 for _ in range(3):
                     await port.sock.send(near_limit_frame(envelope))
                 next_barrier[0] += 1

@@ -20,7 +20,7 @@ SENDER = "ab" * 16
 def envelope(**changes: Any) -> bytes:
     raw = {
         "op": "leaving",
-        "v": 1,
+        "v": PROTOCOL_VERSION,
         "from": SENDER,
         "epoch": None,
         "id": None,

@@ -11,6 +11,7 @@ import zmq.asyncio
 from flamenco_p2p.blobs import BlobStore
 from flamenco_p2p.protocol.messages import Message
 from flamenco_p2p.render.controller import RenderBackend
+from flamenco_p2p.roles.replication import LogSource
 from flamenco_p2p.roles.server import ServerRole
 from flamenco_p2p.roles.worker import WorkerAgent
 from flamenco_p2p.store.farmstore import FarmStore
@@ -73,7 +74,16 @@ async def test_worker_rejects_assignment_from_stale_manager(tmp_path: Path) -> N
 async def test_server_rejects_stale_manager_epoch(tmp_path: Path) -> None:
     ctx = zmq.asyncio.Context()
     store = await FarmStore.open(tmp_path / "farm.sqlite")
-    server = ServerRole(ctx, NODE, 1, store, manager_epoch=lambda site: 5)
+    server = ServerRole(
+        ctx,
+        NODE,
+        1,
+        store,
+        manager_epoch=lambda site: 5,
+        log=LogSource(store, NODE, BlobStore(tmp_path / "blobs")),
+        scratch=tmp_path / "snapshots",
+        unclaimed_after=10.0,
+    )
     try:
         await server.handle(
             b"m", Message("manager_hello", MANAGER, {"site": "lab"}, epoch=5)

@@ -29,7 +29,7 @@ from flamenco_p2p.protocol.schema import (
     Str,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 NODE_ID = Str(max_len=32, min_len=32, hex=True)
 ITEM_ID = Str(max_len=64, min_len=1)
@@ -100,6 +100,10 @@ WORKER = Map(
 )
 
 # Schemas of message bodies, by operation name.
+RUNNING_ATTEMPT = Map({"worker_id": ITEM_ID, "attempt_id": ITEM_ID})
+# One database row of a replicated table: column names to scalar values.
+DB_ROW = Plain(max_items=40, max_depth=2)
+
 BODIES: dict[str, Map] = {
     # Membership and election, on every node's node port.
     "heartbeat": Map(
@@ -107,7 +111,10 @@ BODIES: dict[str, Map] = {
             "node": NODE_INFO,
             "peers": List(PEER_REF, max_len=512),
             "claims": List(ROLE_CLAIM, max_len=64),
-        }
+            # The sender's wall clock (Unix time, UTC), only to warn of skew.
+            "wall_clock": Float(0, 1e11),
+        },
+        optional=frozenset({"wall_clock"}),
     ),
     "leaving": Map({"reason": SHORT}),
     "vote_request": Map({"role": ROLE, "epoch": EPOCH, "rank": RANK}),
@@ -145,14 +152,26 @@ BODIES: dict[str, Map] = {
         }
     ),
     # Worker <-> manager, on the manager port.
+    # "interrupted": attempts that were running when the worker's node last
+    # stopped or died, so that the manager requeues them at once.
     "worker_hello": Map(
-        {"worker": WORKER, "slots": Int(1, 64), "running": List(ITEM_ID, max_len=64)}
+        {
+            "worker": WORKER,
+            "slots": Int(1, 64),
+            "running": List(ITEM_ID, max_len=64),
+            "interrupted": List(ITEM_ID, max_len=64),
+        },
+        optional=frozenset({"interrupted"}),
     ),
     "worker_heartbeat": Map({"worker_id": ITEM_ID}),
     "worker_leaving": Map({"worker_id": ITEM_ID}),
     "worker_reset": Map({"worker_id": ITEM_ID}),
     "task_assign": Map({"assignment": ASSIGNMENT}),
-    "task_cancel": Map({"attempt_id": ITEM_ID}),
+    # "reason": "stale" when the attempt is no longer the task's current one; the
+    # worker then stops it and reports nothing.
+    "task_cancel": Map(
+        {"attempt_id": ITEM_ID, "reason": SHORT}, optional=frozenset({"reason"})
+    ),
     "task_progress": Map(
         {
             "attempt_id": ITEM_ID,
@@ -164,11 +183,36 @@ BODIES: dict[str, Map] = {
     "task_log": Map(
         {"attempt_id": ITEM_ID, "lines": List(Str(max_len=2000), max_len=200)}
     ),
-    "task_done": Map({"attempt_id": ITEM_ID, "outputs": List(OUTPUT, max_len=10_000)}),
-    "task_failed": Map({"attempt_id": ITEM_ID, "error": ERROR_TEXT}),
-    "task_canceled": Map({"attempt_id": ITEM_ID}),
+    # Results name the worker slot, so that a new manager finds it.
+    "task_done": Map(
+        {
+            "attempt_id": ITEM_ID,
+            "outputs": List(OUTPUT, max_len=10_000),
+            "worker_id": ITEM_ID,
+        },
+        optional=frozenset({"worker_id"}),
+    ),
+    "task_failed": Map(
+        {"attempt_id": ITEM_ID, "error": ERROR_TEXT, "worker_id": ITEM_ID},
+        optional=frozenset({"worker_id"}),
+    ),
+    "task_canceled": Map(
+        {"attempt_id": ITEM_ID, "worker_id": ITEM_ID},
+        optional=frozenset({"worker_id"}),
+    ),
     # Manager <-> server, and forwarded client requests, on the server port.
-    "manager_hello": Map({"site": SHORT}),
+    "manager_hello": Map(
+        {"site": SHORT, "running": List(RUNNING_ATTEMPT, max_len=4096)},
+        optional=frozenset({"running"}),
+    ),
+    "attempts_running": Map({"running": List(RUNNING_ATTEMPT, max_len=4096)}),
+    "attempts_lost": Map(
+        {
+            "worker_id": ITEM_ID,
+            "attempt_ids": List(ITEM_ID, max_len=64),
+            "reason": SHORT,
+        }
+    ),
     "want_task": Map({"worker": WORKER}),
     "withdraw_worker": Map({"worker_id": ITEM_ID}),
     "worker_lost": Map({"worker_id": ITEM_ID, "reason": SHORT}),
@@ -191,6 +235,24 @@ BODIES: dict[str, Map] = {
     "list_jobs": Map({"limit": Int(1, 10_000)}),
     "cancel_job": Map({"job_id": ITEM_ID}),
     "get_task_log": Map({"task_id": ITEM_ID}),
+    # Standby <-> server, on the server port: the change log and its snapshots.
+    "repl_pull": Map(
+        {
+            "after": Int(0, 2**53),
+            "epoch": EPOCH,
+            "holder": Str(max_len=32),
+            "wait": Float(0, 10),
+        }
+    ),
+    "repl_snapshot": Map({}),
+    "repl_merge": Map(
+        {
+            "job": DB_ROW,
+            "tasks": List(DB_ROW, max_len=1000),
+            "attempts": List(DB_ROW, max_len=10_000),
+            "blocklist": List(DB_ROW, max_len=10_000),
+        }
+    ),
     # Replies to any request.
     "reply": Map({"result": Plain(max_items=200_000, max_depth=8)}),
     "blob_data": Map({"size": Int(0, 2**40), "data": Bin(MAX_BIN_LEN)}),

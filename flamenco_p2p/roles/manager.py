@@ -33,6 +33,7 @@ MANAGER_OPS = frozenset(
     }
 )
 RESULT_TIMEOUT = 10.0
+REPORT_RUNNING_EVERY = 2.0
 
 
 @dataclass(slots=True)
@@ -84,6 +85,7 @@ class ManagerRole:
         self._link_lock = asyncio.Lock()
         self.fetches: dict[str, BlobFetch] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
         self.background = BackgroundTasks("manager")
 
     def start(self, address: str, port: int) -> None:
@@ -92,15 +94,19 @@ class ManagerRole:
         self._watchdog = asyncio.create_task(
             self._watch_workers(), name="manager-watch"
         )
+        self._reporter = asyncio.create_task(
+            self._report_running_loop(), name="manager-report"
+        )
         logger.info("manager role active for site %s, epoch %d", self.site, self.epoch)
 
     async def close(self) -> None:
         """Unbind and drop the server link; idempotent."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-            self._watchdog = None
+        for task in (self._watchdog, self._reporter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watchdog = self._reporter = None
         await self.background.cancel_all()
         await self.endpoint.close()
         if self.server is not None:
@@ -130,18 +136,68 @@ class ManagerRole:
         )
         link.epoch = self.epoch
         self.server = link
+        body = {"site": self.site, "running": self._running()}
         try:
-            await link.call("manager_hello", {"site": self.site}, timeout=5.0)
+            reply = await link.call("manager_hello", body, timeout=5.0)
         except (FarmUnavailable, RemoteError) as exc:
             if link is not self.server:
                 return  # replaced by a newer server while greeting this one
             logger.warning("server at %s did not greet: %s", endpoint, exc)
+        else:
+            await self._stop_stale(reply.get("stale", []))
         logger.info(
             "manager of site %s uses server %s (epoch %d)", self.site, endpoint, epoch
         )
         for slot in self.workers.values():
             if slot.attempt_id is None and not slot.lost:
                 await self._want_task(slot)
+
+    def _running(self) -> list[dict[str, str]]:
+        return [
+            {"worker_id": worker_id, "attempt_id": slot.attempt_id}
+            for worker_id, slot in self.workers.items()
+            if slot.attempt_id is not None and not slot.lost
+        ]
+
+    async def _report_running_loop(self) -> None:
+        """Tell the server which attempts run here, and stop those it says are stale.
+
+        The report also keeps the server from requeueing attempts whose workers
+        cannot reach this manager for a while, up to the silence limit.
+        """
+        while True:
+            await asyncio.sleep(REPORT_RUNNING_EVERY)
+            await self._report_running(self._running())
+
+    async def _report_running(self, running: list[dict[str, str]]) -> None:
+        link = self.server
+        if link is None or not running:
+            return
+        try:
+            reply = await link.call(
+                "attempts_running", {"running": running}, timeout=5.0
+            )
+        except (FarmUnavailable, RemoteError) as exc:
+            logger.info("report of running attempts not answered: %s", exc)
+            return
+        await self._stop_stale(reply.get("stale", []))
+
+    async def _stop_stale(self, stale: list[str]) -> None:
+        """Have workers stop attempts that the server no longer counts on."""
+        for attempt_id in stale:
+            slot = self._slot_of(attempt_id, None)
+            if slot is None:
+                continue
+            logger.warning(
+                "attempt %s of worker %s is stale: stopping it",
+                attempt_id,
+                slot.worker["worker_id"],
+            )
+            await self.endpoint.send(
+                slot.identity,
+                "task_cancel",
+                {"attempt_id": attempt_id, "reason": "stale"},
+            )
 
     async def handle(
         self, identity: bytes, message: Message
@@ -196,14 +252,32 @@ class ManagerRole:
             worker, identity, time.monotonic(), running[0] if running else None
         )
         self.workers[worker_id] = slot
+        interrupted = body.get("interrupted", [])
         logger.info(
-            "worker %s connected to manager of %s (running %s)",
+            "worker %s connected to manager of %s (running %s, interrupted %s)",
             worker_id,
             self.site,
             running,
+            interrupted,
         )
+        if interrupted:
+            await self._to_server(
+                "attempts_lost",
+                {
+                    "worker_id": worker_id,
+                    "attempt_ids": interrupted,
+                    "reason": "its worker restarted",
+                },
+            )
         if slot.attempt_id is None:
             await self._want_task(slot)
+        else:
+            self.background.spawn(
+                self._report_running(
+                    [{"worker_id": worker_id, "attempt_id": slot.attempt_id}]
+                ),
+                "report-running",
+            )
         return {"epoch": self.epoch}
 
     async def _want_task(self, slot: WorkerSlot) -> None:
@@ -267,6 +341,22 @@ class ManagerRole:
             )
             await self._to_server(
                 "worker_lost", {"worker_id": worker_id, "reason": "gone"}
+            )
+            return
+        if slot.attempt_id is not None and slot.attempt_id != assignment["attempt_id"]:
+            logger.warning(
+                "attempt %s for worker %s, which runs %s: handing it back",
+                assignment["attempt_id"],
+                worker_id,
+                slot.attempt_id,
+            )
+            await self._to_server(
+                "attempts_lost",
+                {
+                    "worker_id": worker_id,
+                    "attempt_ids": [assignment["attempt_id"]],
+                    "reason": "its worker was busy",
+                },
             )
             return
         slot.attempt_id = assignment["attempt_id"]

@@ -128,7 +128,140 @@ CREATE TABLE job_blocklist (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Replication: every change of a replicated table is also written to ``changes``,
+# in commit order, by the triggers below; the server streams that log to standby
+# nodes, which apply it with ``replication.applying`` set so that no trigger fires
+# twice. REAL columns go through quote(), whose text keeps every bit of a float;
+# SQLite's JSON functions round floats to 15 digits.
+_V2_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "jobs": (
+        ("id",),
+        (
+            "id", "name", "job_type", "status", "priority", "settings",
+            "requirements", "gpu_mode", "gpu_mask", "min_blender", "needs_blender",
+            "submitter_node", "frames_total", "error", "created", "updated",
+        ),
+    ),
+    "tasks": (
+        ("id",),
+        (
+            "id", "job_id", "idx", "name", "status", "frames", "frame_count",
+            "payload", "current_attempt", "worker_id", "attempts", "failures",
+            "progress", "error", "outputs", "updated",
+        ),
+    ),
+    "attempts": (
+        ("id",),
+        (
+            "id", "task_id", "job_id", "worker_id", "node_id", "status", "progress",
+            "error", "started", "ended",
+        ),
+    ),
+    "task_logs": (("id",), ("id", "task_id", "attempt_id", "created", "line")),
+    "workers": (
+        ("worker_id",),
+        (
+            "worker_id", "node_id", "site", "cpu_cores", "gpu_types",
+            "blender_version", "tags", "capabilities", "status", "first_seen",
+            "last_seen",
+        ),
+    ),
+    "job_blocklist": (
+        ("job_id", "worker_id"),
+        ("job_id", "worker_id", "reason", "created"),
+    ),
+}  # fmt: skip
+
+REPLICATED_TABLES = _V2_TABLES
+"""Replicated tables: (primary key columns, every column), as of the newest schema.
+
+A migration that changes the columns of one of them recreates its triggers from
+its own copy of the lists and points this name at the new lists; the lists of a
+shipped migration never change.
+"""
+
+REAL_COLUMNS = frozenset(
+    {"created", "updated", "progress", "started", "ended", "first_seen", "last_seen"}
+)
+"""Columns of REAL type in the replicated tables; the change log quotes them."""
+
+# applying is 1 while a standby replays the server's log (nothing is logged or
+# leased) and 2 while a merge inserts rows as they are (logged, not leased).
+_NOT_REPLAYING = "(SELECT applying FROM replication) != 1"
+
+
+def _column_value(row: str, column: str) -> str:
+    if column in REAL_COLUMNS:
+        value = f"{row}.{column}"
+        return f"CASE WHEN {value} IS NULL THEN NULL ELSE quote({value}) END"
+    return f"{row}.{column}"
+
+
+def _change_triggers(
+    table: str, tables: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+) -> str:
+    key_columns, columns = tables[table]
+    statements = []
+    for event, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
+        key = "json_array(" + ", ".join(f"{row}.{c}" for c in key_columns) + ")"
+        if event == "DELETE":
+            op, body = "'d'", "NULL"
+        else:
+            pairs = ", ".join(f"'{c}', {_column_value(row, c)}" for c in columns)
+            op, body = "'u'", f"json_object({pairs})"
+        # Table and column names come from the constants above, never from input.
+        statements.append(
+            f"CREATE TRIGGER {table}_log_{event.lower()} AFTER {event} ON {table}\n"
+            f"WHEN {_NOT_REPLAYING}\nBEGIN\n"
+            "    INSERT INTO changes (epoch, holder, tbl, op, key, row)\n"
+            f"    SELECT epoch, holder, '{table}', {op}, {key}, {body}\n"
+            "    FROM replication;\nEND;"
+        )
+    return "\n".join(statements)
+
+
+_V2 = (
+    """
+-- The change log. seq orders every change; epoch and holder name the server that
+-- made it, so that two logs can be compared after a takeover or a partition.
+CREATE TABLE changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    epoch INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    op TEXT NOT NULL,                  -- 'u': insert or update, 'd': delete
+    key TEXT NOT NULL,                 -- JSON array of the primary key values
+    row TEXT                           -- JSON object of the row, for 'u'
+);
+
+-- One row: the server epoch and node that writes changes now, and what writes
+-- rows as they are: 0 nobody, 1 a standby's replay (no trigger logs or leases),
+-- 2 a merge (rows are logged, but inserting an attempt leases nothing).
+CREATE TABLE replication (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL DEFAULT 0,
+    holder TEXT NOT NULL DEFAULT '',
+    applying INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO replication (id) VALUES (1);
+
+DROP TRIGGER attempts_lease;
+CREATE TRIGGER attempts_lease AFTER INSERT ON attempts
+WHEN NEW.status = 'active' AND (SELECT applying FROM replication) = 0
+BEGIN
+    UPDATE tasks SET status = 'active', current_attempt = NEW.id,
+        worker_id = NEW.worker_id, attempts = attempts + 1, progress = 0,
+        updated = NEW.started
+    WHERE id = NEW.task_id;
+    UPDATE jobs SET status = 'active', updated = NEW.started
+    WHERE id = NEW.job_id AND status = 'queued';
+END;
+"""
+    + "\n".join(_change_triggers(table, _V2_TABLES) for table in _V2_TABLES)
+    + "\n"
+)
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 """SQL scripts; migration i (from 0) brings the schema to version i + 1."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
