@@ -30,8 +30,8 @@ class Timing:
     """Membership and election timing, in seconds."""
 
     heartbeat_interval: float = 0.5
-    suspect_after: float = 2.0
-    dead_after: float = 5.0
+    suspect_after: float = 1.5
+    dead_after: float = 2.5
     settle_time: float = 1.5
     worker_silent_after: float = 45.0
 

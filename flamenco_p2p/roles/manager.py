@@ -178,7 +178,7 @@ class ManagerRole:
                 "attempts_running", {"running": running}, timeout=5.0
             )
         except (FarmUnavailable, RemoteError) as exc:
-            logger.info("report of running attempts not answered: %s", exc)
+            logger.info("report of running attempts failed: %s", exc)
             return
         await self._stop_stale(reply.get("stale", []))
 

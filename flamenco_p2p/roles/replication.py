@@ -35,10 +35,10 @@ from flamenco_p2p.transport import DealerLink, RemoteError
 logger = logging.getLogger(__name__)
 
 PULL_WAIT = 1.0
-"""How long the server holds a pull open while it has nothing new, in seconds."""
+"""Seconds that the server keeps a pull open while it has no new entries."""
 
 ACK_TIMEOUT = 2.0
-"""How long an acknowledged change waits for a standby before it is answered."""
+"""Seconds that a change waits for a standby before the server replies to its client."""
 
 STANDBY_ONLINE_FOR = 3.0
 """A standby that has not pulled for this many seconds is not waited for."""
@@ -75,7 +75,7 @@ class Signal:
 
 @dataclass(slots=True)
 class StandbyState:
-    """What the server knows of one standby."""
+    """The server's record of one standby."""
 
     node_id: str
     acked: int
@@ -84,7 +84,7 @@ class StandbyState:
 
 
 class LogSource:
-    """The server side: answers pulls and tracks what each standby holds."""
+    """The server side: serves pulls and tracks how far each standby got."""
 
     def __init__(
         self,
@@ -390,7 +390,7 @@ class Standby:
                 await self._merge_back(link, terms)
                 await self._install_snapshot(link, target[1])
             else:
-                raise InvalidInput(f"repl_pull answered status {status!r}")
+                raise InvalidInput(f"repl_pull returned the unknown status {status!r}")
 
     async def _merge_back(self, link: DealerLink, theirs: list[Term]) -> None:
         """Send the jobs this replica changed after the logs split to the server."""

@@ -2,9 +2,9 @@
 
 The server's triggers write every change of a replicated table to the ``changes``
 table (see schema.py). A standby pulls that log in order and applies it to its own
-database with :func:`apply_changes`; its copy of the log keeps the server's sequence
-numbers, epochs and holders, so that the standby can take over and go on writing
-the same log. Two logs share a prefix up to the last entry that has the same
+database with :func:`apply_changes`. Its copy of the log keeps the server's
+sequence numbers, epochs and holders, so that the standby can take over and go on
+writing the same log. Two logs share a prefix up to the last entry that has the same
 sequence number, epoch and holder in both (:func:`common_seq`). After a partition,
 the entries of the losing side past that point name the jobs that must be merged
 into the winner (:func:`jobs_changed_after`, :func:`export_job`, :func:`merge_job`).
@@ -36,7 +36,7 @@ from flamenco_p2p.store.schema import REAL_COLUMNS, REPLICATED_TABLES
 logger = logging.getLogger(__name__)
 
 MAX_ROW_CHARS = 60_000
-"""Longest row text a change may carry; the codec's string limit is 64 KiB."""
+"""Maximum length of a row's text in a merge; the codec's string limit is 64 KiB."""
 
 _OPS = ("u", "d")
 _FINAL_JOB = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
@@ -301,7 +301,8 @@ def _row_values(change: Change, columns: tuple[str, ...]) -> list[Any]:
             value = _real(change, column, value)
         elif not isinstance(value, str | int | float | type(None)):
             raise InvalidInput(
-                f"change {change.seq}: column {column} holds {type(value).__name__}"
+                f"change {change.seq}: column {column} contains a"
+                f" {type(value).__name__}"
             )
         values.append(value)
     return values
@@ -320,7 +321,7 @@ def _json_value(change: Change, text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise InvalidInput(f"change {change.seq} holds invalid JSON: {exc}") from exc
+        raise InvalidInput(f"change {change.seq} contains invalid JSON: {exc}") from exc
 
 
 async def _upsert(
@@ -426,7 +427,7 @@ async def _rows(
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
-    """What a merge changed in the winner's state."""
+    """The changes that a merge made to the winner's state."""
 
     job_id: str
     job_added: bool
@@ -572,8 +573,8 @@ async def _end_superseded_attempts(
 ) -> None:
     """Mark running attempts of the other side that no task runs here as lost.
 
-    Their workers are told that the attempts are stale and stop them; an attempt
-    left active would keep its worker counted as busy.
+    Their managers learn from the server that the attempts are stale, and their
+    workers stop them. An attempt left active would keep its worker counted as busy.
     """
     await db.execute(
         "UPDATE attempts SET status = 'lost', ended = ?,"
