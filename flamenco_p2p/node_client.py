@@ -4,6 +4,7 @@ managers, and outputs that workers send back to the node that submitted a job.""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import ipaddress
 import json
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_OPEN_OUTPUTS = 64
+TIMESTAMP_FIELDS = frozenset(
+    {"created", "updated", "started", "ended", "first_seen", "last_seen"}
+)
 OUTPUT_IDLE_AFTER = 120.0
 SERVER_TIMEOUT = 15.0
 SUBMISSION_WAIT = 5.0
@@ -102,7 +106,9 @@ class ClientService:
         body = message.body
         forwarded = FORWARDED_OPS.get(message.op)
         if forwarded is not None:
-            result: dict[str, Any] = await self.call_server(forwarded, body)
+            result: dict[str, Any] = utc_timestamps(
+                await self.call_server(forwarded, body)
+            )
             return result
         if message.op == "client_submit":
             self._check_local(message)
@@ -257,8 +263,8 @@ class ClientService:
             status["workers"] = []
             status["server_error"] = str(exc)
         else:
-            status["jobs"] = farm["jobs"]
-            status["workers"] = farm["workers"]
+            status["jobs"] = utc_timestamps(farm["jobs"])
+            status["workers"] = utc_timestamps(farm["workers"])
         return status
 
     def _blob_get(self, body: dict[str, Any]) -> Reply:
@@ -381,6 +387,26 @@ class ClientService:
         os.replace(writer.tmp, writer.final)
         logger.info("received output %s (%d bytes)", writer.final, writer.size)
         return {"path": str(writer.final), "sha256": actual}
+
+
+def utc_timestamps(value: Any) -> Any:
+    """Return value with its timestamp fields as ISO 8601 text in UTC.
+
+    The farm state stores Unix times from the server's clock; clients get text
+    with an explicit +00:00 offset, so no reader has to guess the time zone.
+    """
+    if isinstance(value, list):
+        return [utc_timestamps(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    converted = {}
+    for key, item in value.items():
+        if key in TIMESTAMP_FIELDS and isinstance(item, int | float):
+            moment = datetime.datetime.fromtimestamp(item, datetime.UTC)
+            converted[key] = moment.isoformat()
+        else:
+            converted[key] = utc_timestamps(item)
+    return converted
 
 
 def _check_output_dir(output_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import signal
 import time
 from collections import Counter
@@ -57,6 +58,11 @@ async def test_farm_elects_once_and_runs_job(tmp_path: Path) -> None:
         assert view["job"]["status"] == "completed", farm.logs()
         assert all(t["status"] == "completed" for t in view["tasks"])
         assert len({node_of(t) for t in view["tasks"]}) == 3, view["tasks"]
+        # Clients get timestamps in UTC with an explicit offset.
+        created = datetime.datetime.fromisoformat(view["job"]["created"])
+        assert created.utcoffset() == datetime.timedelta(0)
+        assert view["job"]["created"].endswith("+00:00")
+        assert abs(created.timestamp() - time.time()) < 120
 
 
 async def test_farm_forms_through_seeds_without_mdns(tmp_path: Path) -> None:
