@@ -57,6 +57,12 @@ suspect_after = 1.0
 dead_after = 2.0
 settle_time = 0.8
 """
+# Seconds of silence after which the manager requeues a worker's task in the long
+# outage test. An outage only a few seconds longer then keeps the test short.
+SHORT_SILENCE = 6.0
+TIMING_SHORT_SILENCE = (
+    TIMING_DEFAULT_SILENCE + f"worker_silent_after = {SHORT_SILENCE}\n"
+)
 
 # Opens argv[-2], registers a text block with the code in argv[-1] and saves.
 # A registered text block runs when a node opens the file with scripts allowed.
@@ -165,6 +171,30 @@ def role_nodes(view: dict[str, Any], role: str) -> list[str]:
         for n in view["nodes"]
         if any(r["role"] == role for r in n["roles"])
     ]
+
+
+def render_children(data_dir: Path) -> set[int]:
+    """Return the pids of the render children of the node with data_dir.
+
+    A render child is a runner.py process whose TMPDIR lies in the node's
+    scratch folder, under data_dir.
+    """
+    tmpdir_prefix = f"TMPDIR={data_dir}/".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        variables = environ.split(b"\0")
+        if b"runner.py" in cmdline and any(
+            v.startswith(tmpdir_prefix) for v in variables
+        ):
+            found.add(int(entry.name))
+    return found
 
 
 @pytest.mark.render
@@ -424,6 +454,141 @@ def test_failover_outage_keeps_running_task(tmp_path: Path) -> None:
     for name in frame_names(frames):
         deliveries = re.findall(rf"received output \S*/{name} ", received)
         assert len(deliveries) == 1, f"{name} was delivered {len(deliveries)} times"
+
+
+@pytest.mark.render
+def test_failover_long_outage_requeues_task(tmp_path: Path) -> None:
+    # One task of 6 frames, each paced to 4 s: about 26 s. The task is requeued
+    # about 6 s into the 10 s outage, and the stale attempt still renders when
+    # the link comes back.
+    frames = range(1, 7)
+    blend = scripted_scene(tmp_path / "slow.blend", 6, PACE_CODE.format(seconds=4))
+    output = tmp_path / "frames"
+    # Node 0 holds both roles and renders nothing, nodes 1 and 2 render and node
+    # 3 submits. The outage is between node 0 and the worker that runs the task.
+    node_config = {
+        0: NO_WORKER,
+        1: NO_ROLES + SCRIPTS,
+        2: NO_ROLES + SCRIPTS,
+        3: NO_ROLES + NO_WORKER,
+    }
+    with (
+        NetnsLab(4) as lab,
+        FailoverFarm(
+            lab,
+            tmp_path / "farm",
+            node_config=node_config,
+            timing=TIMING_SHORT_SILENCE,
+        ) as farm,
+    ):
+        farm.wait_for_farm(timeout=90)
+        job_id = farm.submit_render(
+            3, blend, "1-6", str(output / "frame_####"), "--chunk", "6"
+        )
+
+        def leased_worker() -> str | None:
+            task = farm.job_view(job_id, [3])["tasks"][0]
+            if task["status"] == "active" and task["worker_id"]:
+                worker_id: str = task["worker_id"]
+                return worker_id
+            return None
+
+        first_worker = wait_until(leased_worker, 60, "the task to start", farm.logs)
+        cut_off = farm.index_of(first_worker)
+        assert cut_off in (1, 2), f"task leased to node {cut_off}, not a worker"
+        other = 3 - cut_off
+        cut_off_dir = farm.data_dirs[cut_off]
+        # The task is active from its lease on; the render child starts once the
+        # blend file has arrived.
+        children: set[int] = wait_until(
+            lambda: render_children(cut_off_dir), 60, "Blender to start", farm.logs
+        )
+        lab.cut(0, cut_off)
+        cut_at = time.monotonic()
+
+        def requeued_elsewhere() -> bool:
+            task = farm.job_view(job_id, [3])["tasks"][0]
+            return bool(
+                task["attempts"] == 2
+                and task["status"] == "active"
+                and task["worker_id"]
+                and farm.index_of(task["worker_id"]) == other
+            )
+
+        wait_until(
+            requeued_elsewhere,
+            SHORT_SILENCE + 20,
+            f"the task to run again on node {other}",
+            farm.logs,
+        )
+        stale = replica_attempts(farm.data_dirs[0], job_id)[0]
+        # The second attempt keeps the other worker busy, so the tasks of this
+        # job wait for the cut-off worker.
+        followup_id = farm.submit_sleep(3, 2, 1.0, name="after the outage")
+        # The outage lasts SHORT_SILENCE + 4 s or until the requeue, if later.
+        time.sleep(max(0.0, cut_at + SHORT_SILENCE + 4 - time.monotonic()))
+        assert children <= render_children(cut_off_dir), (
+            "the stale attempt stopped rendering before the restore; pace it longer"
+        )
+        lab.restore(0, cut_off)
+        restored_at = time.time()
+        window_end = time.monotonic() + 15
+
+        def stale_result_dropped() -> bool:
+            return f"dropped the result of stale attempt {stale.attempt_id}" in (
+                farm.log_text(cut_off)
+            )
+
+        wait_until(
+            stale_result_dropped,
+            window_end - time.monotonic(),
+            f"node {cut_off} to drop the result of stale attempt {stale.attempt_id}",
+            farm.logs,
+        )
+        wait_until(
+            lambda: not (children & render_children(cut_off_dir)),
+            max(0.1, window_end - time.monotonic()),
+            f"render children {sorted(children)} of node {cut_off} to stop",
+            farm.logs,
+        )
+        followup = farm.wait_for_job(followup_id, timeout=60, via=[3])
+        final = farm.wait_for_job(job_id, timeout=120, via=[3])
+        manager_log = farm.log_text(0)
+        worker_log = farm.log_text(cut_off)
+        received = farm.log_text(3)
+        attempts = replica_attempts(farm.data_dirs[0], job_id)
+        followup_attempts = replica_attempts(farm.data_dirs[0], followup_id)
+        logs = farm.logs()
+
+    assert stale.node_id == farm.node_id(cut_off), stale
+    assert f"attempt {stale.attempt_id} of worker" in manager_log, (
+        f"the manager did not report attempt {stale.attempt_id} stale"
+    )
+    assert (
+        f"stops attempt {stale.attempt_id} and drops its result: the manager"
+        " reports the attempt stale"
+    ) in worker_log, f"node {cut_off} did not stop attempt {stale.attempt_id}"
+
+    task = final["tasks"][0]
+    assert final["job"]["status"] == "completed", f"{final}\n{logs}"
+    assert task["attempts"] == 2, final["tasks"]
+    outcomes = [(a.status, a.node_id) for a in attempts]
+    assert outcomes == [
+        ("lost", farm.node_id(cut_off)),
+        ("completed", farm.node_id(other)),
+    ]
+    check_frames(output, frames)
+    for name in frame_names(frames):
+        deliveries = re.findall(rf"received output \S*/{name} ", received)
+        assert len(deliveries) == 1, f"{name} was delivered {len(deliveries)} times"
+
+    assert followup["job"]["status"] == "completed", f"{followup}\n{logs}"
+    later = [
+        a
+        for a in followup_attempts
+        if a.node_id == farm.node_id(cut_off) and a.started > restored_at
+    ]
+    assert later, f"node {cut_off} started no attempt after the restore\n{logs}"
 
 
 @pytest.mark.render
