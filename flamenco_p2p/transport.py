@@ -39,6 +39,16 @@ ZMTP_HEARTBEAT_IVL_MS = 1000
 ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
 SEND_HWM = 10_000
 CONNECT_TIMEOUT_MS = 2000
+MAX_HANDLERS = 256
+"""Maximum requests that one endpoint handles at once. Beyond it the receive loop
+waits for a handler to finish, so a flood waits in ZeroMQ's receive queue (then in
+TCP) instead of piling up in memory as tasks.
+
+NOTE: while the server endpoint is full, a standby's pull waits in that queue too,
+so handlers in wait_replicated may time out (ACK_TIMEOUT) instead of seeing its
+acknowledgement."""
+FULL_WARNING_EVERY = 60.0
+"""Seconds between warnings that an endpoint is full."""
 
 
 class Reply:
@@ -141,6 +151,9 @@ class RouterEndpoint:
         self.endpoint = ""
         self._task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_HANDLERS)
+        self._full_waits = 0
+        self._full_warned = -FULL_WARNING_EVERY
 
     def bind(self, address: str, port: int) -> None:
         """Bind the socket and start serving; raises zmq.ZMQError if the port is
@@ -220,9 +233,29 @@ class RouterEndpoint:
                 self.bad_input.record(identity.hex()[:16], exc)
                 await self._reject(identity, frame, exc)
                 continue
+            await self._wait_for_slot()
             task = asyncio.create_task(self._dispatch(identity, message))
             self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+            task.add_done_callback(self._handler_done)
+
+    async def _wait_for_slot(self) -> None:
+        if self._slots.locked():
+            self._full_waits += 1
+            now = time.monotonic()
+            if now - self._full_warned >= FULL_WARNING_EVERY:
+                self._full_warned = now
+                logger.warning(
+                    "%s: %d requests in progress (the maximum): the next request"
+                    " waits until one finishes (%d waits so far)",
+                    self.name,
+                    MAX_HANDLERS,
+                    self._full_waits,
+                )
+        await self._slots.acquire()
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        self._slots.release()
 
     async def _reject(
         self, identity: bytes, frame: bytes, error: ProtocolError

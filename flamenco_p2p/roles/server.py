@@ -95,6 +95,8 @@ class ServerRole:
         self.worker_manager: dict[str, bytes] = {}
         self.claimed: dict[str, float] = {}
         self._lease_lock = asyncio.Lock()
+        self._passes_requested = 0
+        self._passes_covered = 0
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, address: str, port: int) -> None:
@@ -158,6 +160,9 @@ class ServerRole:
             await asyncio.sleep(SWEEP_EVERY)
             try:
                 await self._sweep_once()
+                # wait_replicated reads the head only while a standby is online;
+                # this keeps the freshness that elections compare up to date.
+                await self.log.head()
             except StateError as exc:
                 logger.warning("sweep of unreported attempts failed: %s", exc)
 
@@ -443,19 +448,31 @@ class ServerRole:
         """Lease tasks to parked workers until tasks or workers run out.
 
         One lock serialises leasing, because handlers run concurrently and two of
-        them must never lease for the same parked request.
+        them must never lease for the same parked request. A pass over every
+        parked request (worker_ids None) is skipped when another one started
+        after it was requested, because that pass saw the same requests and the
+        same tasks. Each store call here waits for the store lock while holding
+        the lease lock, so a pass makes as few of them as it can.
         """
+        if worker_ids is None:
+            self._passes_requested += 1
+            ticket = self._passes_requested
         async with self._lease_lock:
-            if not await self.store.has_runnable_tasks():
+            if worker_ids is None:
+                if self._passes_covered >= ticket:
+                    return
+                self._passes_covered = self._passes_requested
+                worker_ids = list(self.parked)
+            waiting = [w for w in worker_ids if w in self.parked]
+            if not waiting:
                 return
-            for worker_id in (
-                worker_ids if worker_ids is not None else list(self.parked)
-            ):
+            # After a coordinator change, a request can arrive before the result
+            # of the worker's last attempt: it waits for that result.
+            for worker_id in await self.store.idle_workers(waiting):
                 request = self.parked.pop(worker_id, None)
                 if request is None:
                     continue
-                # After a coordinator change, a request can arrive before the
-                # result of the worker's last attempt: it waits for that result.
+                # The worker may have started an attempt since idle_workers.
                 assignment = await self.store.lease_task(
                     request.worker, unless_busy=True
                 )

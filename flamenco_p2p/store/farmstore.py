@@ -1224,10 +1224,29 @@ class FarmStore:
     async def has_runnable_tasks(self) -> bool:
         """Return True when some task waits to run (queued or soft-failed)."""
         async with self._reading() as db:
+            return await _has_runnable_tasks(db)
+
+    async def idle_workers(self, worker_ids: Sequence[str]) -> list[str]:
+        """Return the workers of worker_ids, in order, that run no attempt.
+
+        Returns an empty list while no task waits to run (queued or soft-failed),
+        so that a caller with many waiting workers makes one query for them all.
+        """
+        if not worker_ids:
+            return []
+        async with self._reading() as db:
+            if not await _has_runnable_tasks(db):
+                return []
+            # One statement text for any number of ids, as in running_attempts.
             rows = await db.execute_fetchall(
-                "SELECT 1 FROM tasks WHERE status IN ('queued', 'soft-failed') LIMIT 1"
+                "SELECT DISTINCT a.worker_id FROM attempts AS a"
+                " JOIN tasks AS t ON t.id = a.task_id"
+                " WHERE a.worker_id IN (SELECT value FROM json_each(?))"
+                " AND a.status = 'active' AND t.current_attempt = a.id",
+                (json.dumps(list(worker_ids)),),
             )
-        return bool(rows)
+        busy = {row[0] for row in rows}
+        return [worker_id for worker_id in worker_ids if worker_id not in busy]
 
     async def lose_attempts(self, attempt_ids: Sequence[str], reason: str) -> list[str]:
         """Mark running attempts lost and queue their tasks again; return the tasks.
@@ -1353,6 +1372,13 @@ def _check_output(attempt_id: str, output: Any) -> dict[str, Any]:
             f"output {output!r} of attempt {attempt_id} is invalid; give {expected}"
         )
     return {"frame": frame, "name": name, "sha256": sha256, "size": size}
+
+
+async def _has_runnable_tasks(db: aiosqlite.Connection) -> bool:
+    rows = await db.execute_fetchall(
+        "SELECT 1 FROM tasks WHERE status IN ('queued', 'soft-failed') LIMIT 1"
+    )
+    return bool(rows)
 
 
 async def _runs_attempt(db: aiosqlite.Connection, worker_id: str) -> bool:
