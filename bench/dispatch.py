@@ -12,6 +12,10 @@ wrapper adds about 1 us per task (two clock reads and two list appends).
 Throughput: tasks per second from the client_submit call until the server's store
 reports the job completed.
 
+With --standby, a second node runs as a daemon process on the next loopback
+address, may only serve, and keeps a replica of the farm state; each task result
+is then acknowledged only once that standby holds it.
+
 Run from the repository root:
 
     .venv/bin/python -m bench.dispatch
@@ -27,6 +31,7 @@ import cProfile
 import logging
 import pstats
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -129,18 +134,78 @@ def timed_sleep_tasks(clock: TaskClock) -> Iterator[None]:
         WorkerAgent._run_sleep = original  # type: ignore[method-assign, assignment]
 
 
-def node_config(data_dir: Path, address: str, slots: int) -> NodeConfig:
-    """Return a single-node config without mDNS and without the capability probe."""
+def node_config(
+    data_dir: Path, address: str, slots: int, seeds: tuple[str, ...] = ()
+) -> NodeConfig:
+    """Return a node config without mDNS and without the capability probe.
+
+    The benchmark node outranks a standby (priority 100), so it takes both roles.
+    """
     raw: dict[str, Any] = {
         "site": "bench",
         "bind_address": address,
         "mdns": False,
-        "seeds": [],
+        "seeds": list(seeds),
+        "roles": {"priority": 100},
         "worker": {"slots": slots},
         "capabilities": {"gpu_types": [], "blender_version": "5.0.1"},
         "timing": dict(FAST_TIMING),
     }
     return config_from_dict(raw, data_dir, source="bench/dispatch.py")
+
+
+STANDBY_CONFIG = """site = "bench"
+bind_address = "{address}"
+mdns = false
+seeds = ["{seed}"]
+
+[roles]
+manager = false
+priority = 0
+
+[worker]
+slots = 0
+
+[capabilities]
+gpu_types = []
+blender_version = "5.0.1"
+
+[timing]
+{timing}
+"""
+
+
+def start_standby(data_dir: Path, address: str, seed: str) -> subprocess.Popen[bytes]:
+    """Start a standby daemon of the benchmark node's farm; the caller ends it."""
+    timing = "\n".join(f"{key} = {value}" for key, value in FAST_TIMING.items())
+    (data_dir / "flamenco-p2p.toml").write_text(
+        STANDBY_CONFIG.format(address=address, seed=seed, timing=timing),
+        encoding="utf-8",
+    )
+    argv = [sys.executable, "-m", "flamenco_p2p", "run", "--data-dir", str(data_dir)]
+    argv += ["--log-file", str(data_dir / "node.log")]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_standby(process: subprocess.Popen[bytes]) -> None:
+    """End the standby daemon started by this benchmark, by its PID."""
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def wait_for_standby(node: Node) -> None:
+    """Wait until the node's server role has a standby that follows its log."""
+    deadline = time.monotonic() + ELECTION_TIMEOUT
+    while time.monotonic() < deadline:
+        server = node.server_role
+        if server is not None and server.log.standbys:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"no standby followed node {node.node_id}'s change log")
 
 
 def sleep_job(tasks: int) -> dict[str, Any]:
@@ -212,17 +277,31 @@ async def run_job(
     clock: TaskClock,
     log_level: str,
     timeout: float,
+    standby_address: str | None = None,
 ) -> RunResult:
-    """Start a fresh node, run one job of tasks zero-length tasks, stop the node."""
+    """Start a fresh node, run one job of tasks zero-length tasks, stop the node.
+
+    With standby_address, a standby daemon on that address follows the node.
+    """
     data_dir = root / f"node-{slots}-{tasks}-{time.monotonic_ns()}"
     data_dir.mkdir(parents=True)
-    save_farm_key(data_dir, new_farm_key("bench-dispatch"))
-    config = node_config(data_dir, address, slots)
+    farm_key = new_farm_key("bench-dispatch")
+    save_farm_key(data_dir, farm_key)
+    seeds = (standby_address,) if standby_address else ()
+    config = node_config(data_dir, address, slots, seeds)
+    standby = None
+    if standby_address is not None:
+        standby_dir = data_dir.with_name(data_dir.name + "-standby")
+        standby_dir.mkdir(parents=True)
+        save_farm_key(standby_dir, farm_key)
+        standby = start_standby(standby_dir, standby_address, address)
     handler = log_to_file(load_node_id(data_dir), log_level, data_dir / "node.log")
     node = Node(config, await node_capabilities(config))
     try:
         await node.start()
         await wait_until_ready(node, slots)
+        if standby is not None:
+            await wait_for_standby(node)
         clock.expect(tasks)
         async with NodeClient.for_config(config) as client:
             started = time.perf_counter()
@@ -235,6 +314,8 @@ async def run_job(
             elapsed = time.perf_counter() - started
     finally:
         await node.stop("benchmark run finished")
+        if standby is not None:
+            stop_standby(standby)
         logging.getLogger().removeHandler(handler)
         handler.close()
     return RunResult(slots, tasks, elapsed, submit_s, clock.gaps_ns())
@@ -295,6 +376,7 @@ async def run_all(args: argparse.Namespace, root: Path) -> None:
                         clock,
                         args.log_level,
                         args.timeout,
+                        standby_of(args, addresses),
                     )
                 )
                 print_results("gap run", gap_runs[-1:])
@@ -310,6 +392,7 @@ async def run_all(args: argparse.Namespace, root: Path) -> None:
                         clock,
                         args.log_level,
                         args.timeout,
+                        standby_of(args, addresses),
                     )
                 )
                 print_results("throughput run", rate_runs[-1:])
@@ -317,6 +400,11 @@ async def run_all(args: argparse.Namespace, root: Path) -> None:
     print_results("throughput (zero-length tasks, submit to job completed)", rate_runs)
     print()
     print(summary_line(gap_runs, rate_runs))
+
+
+def standby_of(args: argparse.Namespace, addresses: Iterator[str]) -> str | None:
+    """Return the address for a run's standby, or None without --standby."""
+    return loopback_address(next(addresses)) if args.standby else None
 
 
 def parse_counts(text: str) -> list[int]:
@@ -388,6 +476,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder with the logs"
     )
+    parser.add_argument(
+        "--standby",
+        action="store_true",
+        help="run a standby daemon next to each node, so that every result waits"
+        " for replication",
+    )
     args = parser.parse_args(argv)
     loopback_address(f"{args.address_prefix}.10")
     if args.gap_tasks < 2 or args.tasks < 1 or args.repeats < 1:
@@ -403,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"gap runs: {args.gap_tasks} tasks, slots {args.gap_slots}; throughput runs:"
         f" {args.tasks} tasks, slots {args.slots}; repeats {args.repeats};"
-        f" log level {args.log_level}"
+        f" log level {args.log_level}; standby {'yes' if args.standby else 'no'}"
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
     profiler = cProfile.Profile() if args.profile else None

@@ -725,11 +725,13 @@ def test_lease_query_uses_indexes(db_path: Path) -> None:
                 "worker_id": "w",
                 "retry_cutoff": 0.0,
                 "blocklist_cutoff": 0.0,
+                "unless_busy": 1,
             },
         ).fetchall()
     details = " | ".join(row[3] for row in plan)
     assert "tasks_runnable" in details
     assert "attempts_by_task" in details
+    assert "attempts_active_by_worker" in details
     assert "SCAN" not in details
 
 

@@ -354,3 +354,16 @@ async def test_merge_ends_the_other_sides_attempt_of_a_task_done_here(
     assert running == {}
     assert stale == [theirs.attempt_id]
     assert (await server.get_job(job_id)).status == JobStatus.COMPLETED
+
+
+async def test_lease_unless_busy_skips_a_worker_with_an_attempt(
+    server: FarmStore,
+) -> None:
+    await server.submit_job(sleep_job(tasks=3))
+    first = await server.lease_task(worker("w1"), unless_busy=True)
+    assert first is not None
+    assert await server.lease_task(worker("w1"), unless_busy=True) is None
+    assert await server.idle_workers(["w1", "w2"]) == ["w2"]
+    # Without the flag the store leases as asked (the server always passes it).
+    assert await server.lease_task(worker("w1")) is not None
+    await server.complete_attempt(first.attempt_id, [])

@@ -467,8 +467,11 @@ class ServerRole:
             if not waiting:
                 return
             # After a coordinator change, a request can arrive before the result
-            # of the worker's last attempt: it waits for that result.
-            for worker_id in await self.store.idle_workers(waiting):
+            # of the worker's last attempt: it waits for that result. One worker
+            # needs no filter, because its lease checks that in the same query.
+            if len(waiting) > 1:
+                waiting = await self.store.idle_workers(waiting)
+            for worker_id in waiting:
                 request = self.parked.pop(worker_id, None)
                 if request is None:
                     continue

@@ -120,6 +120,11 @@ WHERE j.status IN ('queued', 'active')
       WHERE b.job_id = j.id AND b.worker_id = :worker_id
         AND b.created > :blocklist_cutoff
   )
+  AND (:unless_busy = 0 OR NOT EXISTS (
+      SELECT 1 FROM attempts AS busy JOIN tasks AS bt ON bt.id = busy.task_id
+      WHERE busy.worker_id = :worker_id AND busy.status = 'active'
+        AND bt.current_attempt = busy.id
+  ))
 ORDER BY j.priority DESC,
          CASE
              WHEN j.gpu_mode != 'none' AND (j.gpu_mask & :gpu_mask) != 0 THEN 0
@@ -591,6 +596,7 @@ class FarmStore:
             "worker_id": worker.worker_id,
             "retry_cutoff": now - self._options.retry_same_worker_after,
             "blocklist_cutoff": now - self._options.blocklist_forget_after,
+            "unless_busy": int(unless_busy),
         }
         async with self._reading() as db:
             for _ in range(_LEASE_TRIES):
@@ -598,8 +604,6 @@ class FarmStore:
                 if not rows:
                     return None
                 candidate = _LeaseCandidate(*next(iter(rows)))
-                if unless_busy and await _runs_attempt(db, worker.worker_id):
-                    return None
                 attempt_id = await self._start_attempt(db, candidate, worker, now)
                 if attempt_id is not None:
                     if self.on_commit is not None:
