@@ -162,3 +162,25 @@ else:
     print("fake blender: expected --python or --python-expr", file=sys.stderr)
     sys.exit(2)
 '''
+
+
+def render_children(root: Path) -> list[int]:
+    """Return the pids of render children whose temporary folder lies under root.
+
+    A render child is a runner.py process; each node points its TMPDIR into the
+    node's scratch folder, under the node's data directory.
+    """
+    prefix = f"TMPDIR={root}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        variables = environ.split(b"\0")
+        if b"runner.py" in cmdline and any(v.startswith(prefix) for v in variables):
+            found.append(int(entry.name))
+    return found

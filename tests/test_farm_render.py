@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from farm import LocalFarm
+from render_helpers import render_children
 
 from flamenco_p2p.render.demo_scene import make_demo_scene, make_text_blend
 from flamenco_p2p.render.validate import validate_output
@@ -38,22 +39,6 @@ async def submit(
     )
     job_id: str = result["job_id"]
     return job_id
-
-
-def blender_processes(root: Path) -> list[int]:
-    """Return pids of render children whose temporary folder lies under root."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"runner.py" in cmdline and f"TMPDIR={root}".encode() in environ:
-            found.append(int(entry.name))
-    return found
 
 
 def node_id(farm: LocalFarm, index: int) -> str:
@@ -119,14 +104,14 @@ async def test_render_killed_worker_frame_rendered_once_elsewhere(
         # The task is active from its lease on; the render child starts once the
         # blend file has arrived.
         deadline = time.monotonic() + 60
-        while not blender_processes(farm.nodes[1].data_dir):
+        while not render_children(farm.nodes[1].data_dir):
             assert time.monotonic() < deadline, "the worker never started Blender"
             await asyncio.sleep(0.1)
         await asyncio.sleep(1)
         farm.kill(1)
         # The render child dies with its worker instead of rendering on alone.
         deadline = time.monotonic() + 5
-        while blender_processes(farm.nodes[1].data_dir):
+        while render_children(farm.nodes[1].data_dir):
             assert time.monotonic() < deadline, "render child outlived its worker"
             await asyncio.sleep(0.1)
         view = await farm.wait_for_job(job_id, timeout=300)
@@ -148,15 +133,15 @@ async def test_render_cancel_leaves_no_blender(tmp_path: Path) -> None:
         job_id = await submit(farm, render_job(blend, "1-4", tmp_path / "out"), blend)
         await wait_active(farm, job_id, 2)
         await asyncio.sleep(2)
-        assert len(blender_processes(tmp_path / "farm")) == 2
+        assert len(render_children(tmp_path / "farm")) == 2
         started = time.monotonic()
         await farm.call(0, "client_cancel", {"job_id": job_id})
         view = await farm.wait_for_job(job_id, timeout=10)
         while time.monotonic() - started < 10:
-            if not blender_processes(tmp_path / "farm"):
+            if not render_children(tmp_path / "farm"):
                 break
             await asyncio.sleep(0.1)
-        assert blender_processes(tmp_path / "farm") == []
+        assert render_children(tmp_path / "farm") == []
         assert time.monotonic() - started < 10
         assert view["job"]["status"] == "canceled"
         assert {t["status"] for t in view["tasks"]} == {"canceled"}

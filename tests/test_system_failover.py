@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from failover_lab import FailoverFarm
 from netns import NetnsLab, netns_available, replica_attempts, replica_summary
+from render_helpers import render_children
 
 from flamenco_p2p.render.controller import child_environment
 from flamenco_p2p.render.demo_scene import make_demo_scene
@@ -171,30 +172,6 @@ def role_nodes(view: dict[str, Any], role: str) -> list[str]:
         for n in view["nodes"]
         if any(r["role"] == role for r in n["roles"])
     ]
-
-
-def render_children(data_dir: Path) -> set[int]:
-    """Return the pids of the render children of the node with data_dir.
-
-    A render child is a runner.py process whose TMPDIR lies in the node's
-    scratch folder, under data_dir.
-    """
-    tmpdir_prefix = f"TMPDIR={data_dir}/".encode()
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        variables = environ.split(b"\0")
-        if b"runner.py" in cmdline and any(
-            v.startswith(tmpdir_prefix) for v in variables
-        ):
-            found.add(int(entry.name))
-    return found
 
 
 @pytest.mark.render
@@ -501,7 +478,7 @@ def test_failover_long_outage_requeues_task(tmp_path: Path) -> None:
         # The task is active from its lease on; the render child starts once the
         # blend file has arrived.
         children: set[int] = wait_until(
-            lambda: render_children(cut_off_dir), 60, "Blender to start", farm.logs
+            lambda: set(render_children(cut_off_dir)), 60, "Blender to start", farm.logs
         )
         lab.cut(0, cut_off)
         cut_at = time.monotonic()
@@ -527,7 +504,7 @@ def test_failover_long_outage_requeues_task(tmp_path: Path) -> None:
         followup_id = farm.submit_sleep(3, 2, 1.0, name="after the outage")
         # The outage lasts SHORT_SILENCE + 4 s or until the requeue, if later.
         time.sleep(max(0.0, cut_at + SHORT_SILENCE + 4 - time.monotonic()))
-        assert children <= render_children(cut_off_dir), (
+        assert children <= set(render_children(cut_off_dir)), (
             "the stale attempt stopped rendering before the restore; pace it longer"
         )
         lab.restore(0, cut_off)
@@ -546,7 +523,7 @@ def test_failover_long_outage_requeues_task(tmp_path: Path) -> None:
             farm.logs,
         )
         wait_until(
-            lambda: not (children & render_children(cut_off_dir)),
+            lambda: not (children & set(render_children(cut_off_dir))),
             max(0.1, window_end - time.monotonic()),
             f"render children {sorted(children)} of node {cut_off} to stop",
             farm.logs,

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from render_helpers import render_children
 
 import flamenco_p2p.roles.worker as worker_module
 from flamenco_p2p.blobs import CHUNK_SIZE, BlobStore
@@ -738,22 +739,6 @@ async def test_delivery_refused_by_submitter_fails_attempt(farm: Farm) -> None:
 
 
 # Real renders through bpy ----------------------------------------------------
-
-
-def render_children(root: Path) -> list[int]:
-    """Return pids of render children whose temporary folder lies under root."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"runner.py" in cmdline and f"TMPDIR={root}".encode() in environ:
-            found.append(int(entry.name))
-    return found
 
 
 async def add_demo_blend(farm: Farm, **scene: Any) -> str:

@@ -804,12 +804,7 @@ class FarmStore:
             )
             for (attempt_id,) in rows:
                 state = await self._attempt_state(db, attempt_id)
-                await self._end_attempt(db, state, AttemptStatus.LOST, reason, now)
-                if state.job_status in _STOPPING_JOB_STATUSES:
-                    await self._stop_task(db, state, TaskStatus.CANCELED, now)
-                    await self._settle_job(db, state.job_id, state.job_status)
-                else:
-                    await self._stop_task(db, state, TaskStatus.QUEUED, now)
+                if await self._lose_attempt(db, state, reason, now):
                     requeued.append(state.task_id)
         if rows:
             logger.warning(
@@ -820,6 +815,21 @@ class FarmStore:
                 ", ".join(requeued) or "none",
             )
         return requeued
+
+    async def _lose_attempt(
+        self, db: aiosqlite.Connection, state: _AttemptState, reason: str, now: float
+    ) -> bool:
+        """End a running attempt as lost; return True when its task runs again.
+
+        A task of a job that is being canceled or has failed is canceled instead.
+        """
+        await self._end_attempt(db, state, AttemptStatus.LOST, reason, now)
+        if state.job_status in _STOPPING_JOB_STATUSES:
+            await self._stop_task(db, state, TaskStatus.CANCELED, now)
+            await self._settle_job(db, state.job_id, state.job_status)
+            return False
+        await self._stop_task(db, state, TaskStatus.QUEUED, now)
+        return True
 
     # Logs and progress -----------------------------------------------------
 
@@ -1266,12 +1276,7 @@ class FarmStore:
                     state = await self._running_attempt(db, attempt_id)
                 except (NotFound, StaleAttempt):
                     continue
-                await self._end_attempt(db, state, AttemptStatus.LOST, reason, now)
-                if state.job_status in _STOPPING_JOB_STATUSES:
-                    await self._stop_task(db, state, TaskStatus.CANCELED, now)
-                    await self._settle_job(db, state.job_id, state.job_status)
-                else:
-                    await self._stop_task(db, state, TaskStatus.QUEUED, now)
+                if await self._lose_attempt(db, state, reason, now):
                     requeued.append(state.task_id)
         if requeued:
             logger.warning(
