@@ -134,7 +134,7 @@ class ClientService:
 
         ``wait_for_server`` is how long to wait, in seconds, for an election when
         the farm has no server yet. A request whose server changes before it
-        answers is sent again to the next server until both times have passed;
+        replies is sent again to the next server until both times have passed;
         every forwarded operation is safe to repeat (a submission carries its
         job id).
         """
@@ -165,7 +165,7 @@ class ClientService:
                 if not replaced or time.monotonic() >= deadline:
                     raise RemoteError("unavailable", str(exc), None) from exc
                 logger.info(
-                    "%s not answered before the server changed (%s): sending again",
+                    "%s got no reply before the server changed (%s): sending it again",
                     op,
                     exc,
                 )
@@ -392,7 +392,7 @@ class ClientService:
 def utc_timestamps(value: Any) -> Any:
     """Return value with its timestamp fields as ISO 8601 text in UTC.
 
-    The farm state stores Unix times from the server's clock; clients get text
+    The farm state stores Unix times from the server's clock. Clients get text
     with an explicit +00:00 offset, so no reader has to guess the time zone.
     """
     if isinstance(value, list):

@@ -56,7 +56,7 @@ def holder_index(farm: LocalFarm, status: dict[str, Any], role: str) -> int:
     raise AssertionError(f"holder {holder} of {role} is not a node of this farm")
 
 
-async def test_every_node_keeps_a_replica_of_the_farm_state(tmp_path: Path) -> None:
+async def test_takeover_replicas_agree(tmp_path: Path) -> None:
     with LocalFarm(tmp_path, 3) as farm:
         await farm.wait_for_roles()
         job_id = await submit(farm, sleep_job(6, 0.1))
@@ -66,7 +66,7 @@ async def test_every_node_keeps_a_replica_of_the_farm_state(tmp_path: Path) -> N
         assert agreed[job_id] == ("completed", ["completed"] * 6)
 
 
-async def test_server_killed_mid_job_the_freshest_standby_takes_over(
+async def test_takeover_after_server_kill(
     tmp_path: Path,
 ) -> None:
     with LocalFarm(tmp_path, 3) as farm:

@@ -128,7 +128,7 @@ async def test_replay_keeps_every_bit_of_timestamps(
     assert copy.created != round(copy.created, 6)
 
 
-async def test_replay_fires_no_lease_trigger_and_logs_nothing_twice(
+async def test_replay_skips_lease_trigger(
     server: FarmStore, standby: FarmStore
 ) -> None:
     job_id = await server.submit_job(sleep_job(tasks=2))
@@ -156,7 +156,7 @@ async def test_standby_that_takes_over_continues_the_log(
     assert (await standby.list_tasks(job_id))[0].status == TaskStatus.COMPLETED
 
 
-async def test_gap_or_unknown_table_is_refused_and_nothing_applied(
+async def test_replay_rejects_gap_or_unknown_table(
     server: FarmStore, standby: FarmStore
 ) -> None:
     await server.submit_job(sleep_job())
@@ -238,7 +238,7 @@ async def test_merge_adds_a_job_from_the_other_side(
     assert (await server.list_tasks(job_id))[0].status == TaskStatus.COMPLETED
 
 
-async def test_merge_of_a_shared_job_keeps_work_from_both_sides(
+async def test_merge_shared_job_keeps_both_sides(
     server: FarmStore, tmp_path: Path
 ) -> None:
     job_id = await server.submit_job(sleep_job(tasks=4))
@@ -254,7 +254,9 @@ async def test_merge_of_a_shared_job_keeps_work_from_both_sides(
         theirs_done = await other.lease_task(worker("w9"))
         theirs_done_2 = await other.lease_task(worker("w8"))
         theirs_running = await other.lease_task(worker("w7"))
-        assert theirs_done and theirs_done_2 and theirs_running
+        assert theirs_done is not None
+        assert theirs_done_2 is not None
+        assert theirs_running is not None
         await other.complete_attempt(theirs_done.attempt_id, [])
         await other.complete_attempt(theirs_done_2.attempt_id, [])
         export = await replica.export_job(other, job_id)
@@ -331,9 +333,7 @@ async def test_merge_rolls_back_rows_the_server_cannot_read(
     assert await server.list_jobs() == []
 
 
-async def test_merge_ends_the_other_sides_attempt_of_a_task_done_here(
-    server: FarmStore, tmp_path: Path
-) -> None:
+async def test_merge_ends_superseded_attempt(server: FarmStore, tmp_path: Path) -> None:
     job_id = await server.submit_job(sleep_job(tasks=1))
     split = tmp_path / "split.sqlite"
     await replica.snapshot(server, split)
@@ -356,7 +356,7 @@ async def test_merge_ends_the_other_sides_attempt_of_a_task_done_here(
     assert (await server.get_job(job_id)).status == JobStatus.COMPLETED
 
 
-async def test_lease_unless_busy_skips_a_worker_with_an_attempt(
+async def test_lease_unless_busy_skips_busy_worker(
     server: FarmStore,
 ) -> None:
     await server.submit_job(sleep_job(tasks=3))

@@ -8,14 +8,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flamenco_p2p.blobs import BlobStore
+from flamenco_p2p.errors import ProtocolError
 from flamenco_p2p.farmkey import FarmKey
 from flamenco_p2p.jobs.spec import JobSpec
 from flamenco_p2p.jobs.status import TaskStatus
-from flamenco_p2p.roles.replication import LogSource, Standby
+from flamenco_p2p.roles.replication import PULL_REPLY, LogSource, Standby
 from flamenco_p2p.roles.server import ServerRole
 from flamenco_p2p.security import FarmContext, ZapHandler, farm_context
 from flamenco_p2p.store import FarmStore, WorkerInfo, replica
@@ -82,8 +84,8 @@ async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
     server, endpoint, blobs = await start_server(
         ctx, tmp_path, tmp_path / "server.sqlite", epoch=1
     )
-    # The standby fetches snapshots from the server node's blob store; here the
-    # server's blobs are served by its own blob_get, so point at the same store.
+    # The standby fetches snapshots from the server node's blob store. There is no
+    # node port here, so the standby shares the server's blob store instead.
     standby = Standby(
         ctx, STANDBY, tmp_path / "standby.sqlite", blobs, lambda node_id: []
     )
@@ -103,7 +105,7 @@ async def test_acknowledged_change_waits_for_the_standby(farm: Farm) -> None:
     job_id = await farm.server.store.submit_job(sleep_job("shot"))
     head = await farm.server.log.head()
     assert await farm.server.log.wait_replicated(head)
-    # wait_replicated returned: the standby's file holds the job already.
+    # wait_replicated returned, so the standby's file contains the job already.
     assert farm.standby.store is not None
     assert (await farm.standby.store.get_job(job_id)).name == "shot"
     assert farm.standby.freshness >= head
@@ -116,9 +118,7 @@ async def test_offline_standby_is_not_waited_for(farm: Farm) -> None:
     assert time.monotonic() - started < 0.5
 
 
-async def test_diverged_standby_merges_its_jobs_and_takes_a_snapshot(
-    farm: Farm, tmp_path: Path
-) -> None:
+async def test_diverged_standby_merges_then_resyncs(farm: Farm, tmp_path: Path) -> None:
     shared = await farm.server.store.submit_job(sleep_job("before the split"))
     farm.standby.follow(farm.endpoint, SERVER, 1)
     await eventually(lambda: farm.standby.freshness >= 1)
@@ -159,3 +159,25 @@ async def test_diverged_standby_merges_its_jobs_and_takes_a_snapshot(
     assert farm.standby.store is not None
     standby_jobs = {job.id for job in await farm.standby.store.list_jobs()}
     assert standby_jobs == {shared, theirs, mine}
+
+
+def test_pull_reply_schema_rejects_malformed_changes() -> None:
+    change: dict[str, Any] = {
+        "seq": 1,
+        "epoch": 1,
+        "holder": SERVER,
+        "table": "jobs",
+        "op": "u",
+        "key": '["x"]',
+        "row": None,
+    }
+    good: dict[str, Any] = {"status": "changes", "changes": [change], "terms": []}
+    assert PULL_REPLY.check("reply", good) is not None
+    bad_seq = {**good, "changes": [{**change, "seq": "1"}]}
+    with pytest.raises(ProtocolError, match="seq"):
+        PULL_REPLY.check("reply", bad_seq)
+    extra = {**good, "changes": [{**change, "sql": "DROP TABLE jobs"}]}
+    with pytest.raises(ProtocolError, match="sql"):
+        PULL_REPLY.check("reply", extra)
+    with pytest.raises(ProtocolError, match="changes"):
+        PULL_REPLY.check("reply", {"status": "changes", "terms": []})

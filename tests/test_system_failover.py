@@ -393,7 +393,7 @@ def test_failover_outage_keeps_running_task(tmp_path: Path) -> None:
     frames = range(1, 9)
     blend = scripted_scene(tmp_path / "slow.blend", 8, PACE_CODE.format(seconds=5))
     output = tmp_path / "frames"
-    # Node 0 holds both roles and renders nothing, node 1 is the only worker and
+    # Node 0 has both roles and renders nothing, node 1 is the only worker and
     # node 2 submits. The outage is between nodes 0 and 1 only.
     node_config = {0: NO_WORKER, 1: NO_ROLES + SCRIPTS, 2: NO_ROLES + NO_WORKER}
     with (
@@ -441,7 +441,7 @@ def test_failover_long_outage_requeues_task(tmp_path: Path) -> None:
     frames = range(1, 7)
     blend = scripted_scene(tmp_path / "slow.blend", 6, PACE_CODE.format(seconds=4))
     output = tmp_path / "frames"
-    # Node 0 holds both roles and renders nothing, nodes 1 and 2 render and node
+    # Node 0 has both roles and renders nothing, nodes 1 and 2 render and node
     # 3 submits. The outage is between node 0 and the worker that runs the task.
     node_config = {
         0: NO_WORKER,

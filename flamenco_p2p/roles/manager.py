@@ -160,7 +160,7 @@ class ManagerRole:
         ]
 
     async def _report_running_loop(self) -> None:
-        """Tell the server which attempts run here, and stop those it says are stale.
+        """Report the attempts that run here, and stop those the server calls stale.
 
         The report also keeps the server from requeueing attempts whose workers
         cannot reach this manager for a while, up to the silence limit.

@@ -136,10 +136,9 @@ class Outbox:
     def start(self, assignment: dict[str, Any]) -> OutboxRecord:
         """Save the record of an attempt that starts now.
 
-        It is not flushed to disk: a killed process leaves it in the page cache
-        all the same, and one lost to a power cut only means that the manager
-        notices the lost attempt by the worker's silence instead of at once. The
-        two fsyncs would add about a millisecond before every task.
+        It is not flushed to disk, because a killed process leaves it in the page
+        cache all the same. A record lost to a power cut only means that the
+        manager notices the lost attempt by the worker's silence, not at once.
         """
         record = OutboxRecord(
             assignment["attempt_id"], assignment["worker_id"], RUNNING, assignment

@@ -1,8 +1,8 @@
 """Streaming the farm state from the server to its standbys.
 
-The server serves its change log to standbys that pull it (:class:`LogSource`); a
-pull names the last entry the standby holds, which both acknowledges the entries
-up to it and lets the server check that the two logs still agree. A standby
+The server serves its change log to standbys that pull it (:class:`LogSource`).
+A pull names the last entry that the standby has applied. That acknowledges the
+entries up to it, and lets the server check that the two logs still agree. A standby
 (:class:`Standby`) applies each batch to its own SQLite file, so that it can take
 over with everything that was acknowledged.
 
@@ -25,7 +25,9 @@ from typing import Any
 import zmq.asyncio
 
 from flamenco_p2p.blobs import BlobStore
-from flamenco_p2p.errors import BlobError, FarmUnavailable, InvalidInput
+from flamenco_p2p.errors import BlobError, FarmUnavailable, InvalidInput, ProtocolError
+from flamenco_p2p.protocol.codec import MAX_STR_LEN
+from flamenco_p2p.protocol.schema import Int, List, Map, Optional, Str
 from flamenco_p2p.roles.manager import fetch_blob
 from flamenco_p2p.store import replica
 from flamenco_p2p.store.farmstore import FarmStore
@@ -47,6 +49,44 @@ LOG_KEEP = 200_000
 """Change log entries kept; a standby further behind gets a snapshot."""
 
 MERGE_TASKS_PER_CALL = 500
+
+# The server's replies to repl_pull arrive as plain maps; a standby checks them
+# with these before it applies anything.
+_CHANGE = Map(
+    {
+        "seq": Int(1, 2**53),
+        "epoch": Int(0, 2**53),
+        "holder": Str(max_len=32),
+        "table": Str(max_len=32),
+        "op": Str(max_len=1),
+        "key": Str(max_len=1000),
+        "row": Optional(Str(max_len=MAX_STR_LEN)),
+    }
+)
+_TERM = Map(
+    {
+        "epoch": Int(0, 2**53),
+        "holder": Str(max_len=32),
+        "first": Int(0, 2**53),
+        "last": Int(0, 2**53),
+    }
+)
+PULL_REPLY = Map(
+    {
+        "status": Str(max_len=16),
+        "changes": List(_CHANGE, max_len=1000),
+        "terms": List(_TERM, max_len=1000),
+    }
+)
+SNAPSHOT_REPLY = Map(
+    {
+        "sha256": Str(max_len=64, min_len=64, hex=True),
+        "size": Int(0, 2**40),
+        "seq": Int(0, 2**53),
+        "epoch": Int(0, 2**53),
+        "holder": Str(max_len=32),
+    }
+)
 
 
 class Signal:
@@ -168,7 +208,7 @@ class LogSource:
     async def pull(
         self, node_id: str, after: int, epoch: int, holder: str, wait: float
     ) -> dict[str, Any]:
-        """Answer one pull of a standby that holds the log up to entry ``after``."""
+        """Serve one pull of a standby that applied the log up to entry ``after``."""
         verdict = await self._check_log(after, epoch, holder)
         if verdict is not None:
             return verdict
@@ -298,7 +338,7 @@ class Standby:
             self.store = await FarmStore.open(self.database)
             self.freshness = (await replica.position(self.store)).seq
             logger.info(
-                "replica %s holds the farm state up to change %d",
+                "replica %s contains the farm state up to change %d",
                 self.database,
                 self.freshness,
             )
@@ -311,7 +351,7 @@ class Standby:
             await store.close()
 
     def follow(self, endpoint: str | None, holder: str | None, epoch: int) -> None:
-        """Follow the server at endpoint (node holder, epoch), or nobody."""
+        """Follow the server at endpoint (node holder, epoch); None stops following."""
         target = (endpoint, holder, epoch) if endpoint and holder else None
         if target == self.server:
             return
@@ -350,7 +390,13 @@ class Standby:
             link = DealerLink(self.ctx, self.node_id, endpoint, name="standby")
             try:
                 await self._follow(link, target)
-            except (FarmUnavailable, RemoteError, BlobError, InvalidInput) as exc:
+            except (
+                FarmUnavailable,
+                RemoteError,
+                BlobError,
+                InvalidInput,
+                ProtocolError,
+            ) as exc:
                 logger.warning(
                     "standby: replication from %s (epoch %d) paused: %s",
                     holder,
@@ -380,6 +426,7 @@ class Standby:
                 reply = await link.call("repl_pull", body, timeout=PULL_WAIT + 5.0)
             finally:
                 self._pulling = False
+            PULL_REPLY.check("repl_pull reply", reply)
             status = reply["status"]
             if status == "changes":
                 changes = [Change.from_dict(c) for c in reply["changes"]]
@@ -418,6 +465,7 @@ class Standby:
     async def _install_snapshot(self, link: DealerLink, holder: str) -> None:
         assert self.store is not None
         reply = await link.call("repl_snapshot", {}, timeout=60.0)
+        SNAPSHOT_REPLY.check("repl_snapshot reply", reply)
         sha256 = reply["sha256"]
         endpoints = self.node_endpoints(holder)
         if not self.blobs.has(sha256):

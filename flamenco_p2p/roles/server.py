@@ -153,8 +153,8 @@ class ServerRole:
         """Requeue running attempts that no manager has reported for a while.
 
         Managers report their workers' attempts every few seconds. An attempt that
-        nobody reports ran on a worker that died while the manager role (or this
-        server role) changed hands, so no manager will ever declare it lost.
+        no manager reports ran on a worker that died while the manager role (or
+        this server role) changed hands, so no manager will ever declare it lost.
         """
         while True:
             await asyncio.sleep(SWEEP_EVERY)
@@ -305,8 +305,8 @@ class ServerRole:
             # The worker is free whatever became of its result, a rejected one
             # included, so it gets its next task at once.
             await self._park_reporter(identity, body)
-        # The worker forgets the result once it is acknowledged: a standby must
-        # hold it first, so that a takeover cannot lose it.
+        # The worker deletes the result once it is acknowledged, so a standby must
+        # have it first: then a takeover cannot lose it.
         await self.log.wait_replicated()
         # The store logs each completion at INFO already; this line adds the status.
         logger.debug(

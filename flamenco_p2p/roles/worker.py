@@ -440,7 +440,7 @@ class WorkerAgent:
                 attempt_id,
             )
             await self._remove_record(attempt_id)
-            # No result follows, so a new hello tells the manager the slot is free.
+            # No result follows, so a new hello lets the manager know the slot is free.
             self.background.spawn(self._hello(slot), "hello")
             return
         op, body = self._outcome(slot, attempt_id, work)

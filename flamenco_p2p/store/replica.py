@@ -70,7 +70,7 @@ class Change:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Change:
-        """Build from a wire map whose field types the schema checked."""
+        """Build from a wire map that the standby checked (roles.replication)."""
         return cls(
             raw["seq"],
             raw["epoch"],
@@ -441,9 +441,9 @@ async def merge_job(store: FarmStore, export: dict[str, Any]) -> MergeResult:
 
     A job the store lacks is inserted as it is, its running attempts included, so
     their results are accepted here. For a job both sides know, tasks completed
-    on the other side are completed here with their outputs (the frames are at
-    the submitter already), a task that runs there and waits here takes the
-    running attempt over, and a cancel there cancels the job here. Applying the
+    on the other side are completed here with their outputs, because the frames
+    are at the submitter already. A task that runs there and waits here takes the
+    running attempt over. A cancel there cancels the job here. Applying the
     same export twice changes nothing the second time.
     """
     job = _check_row(export.get("job"), "jobs")

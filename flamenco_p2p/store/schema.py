@@ -176,7 +176,7 @@ REPLICATED_TABLES = _V2_TABLES
 """Replicated tables: (primary key columns, every column), as of the newest schema.
 
 A migration that changes the columns of one of them recreates its triggers from
-its own copy of the lists and points this name at the new lists; the lists of a
+its own copy of the lists, and points this name at the new lists. The lists of a
 shipped migration never change.
 """
 
