@@ -22,6 +22,7 @@ NODE_ID_NAME = "node-id"
 DEFAULT_MANAGER_PORT = 7777
 DEFAULT_SERVER_PORT = 9999
 DEFAULT_NODE_PORT = 7776
+DEFAULT_HTTP_PORT = 8888
 KNOWN_GPU_TYPES = ("CUDA", "OPTIX", "HIP", "METAL", "ONEAPI")
 
 
@@ -84,6 +85,7 @@ class NodeConfig:
     node_port: int = DEFAULT_NODE_PORT
     manager_port: int = DEFAULT_MANAGER_PORT
     server_port: int = DEFAULT_SERVER_PORT
+    http_port: int = DEFAULT_HTTP_PORT
     can_manage: bool = True
     can_serve: bool = True
     priority: int = 50
@@ -148,6 +150,7 @@ def config_from_dict(raw: dict[str, Any], data_dir: Path, source: str) -> NodeCo
         node_port=reader.port(ports, "node", DEFAULT_NODE_PORT),
         manager_port=reader.port(ports, "manager", DEFAULT_MANAGER_PORT),
         server_port=reader.port(ports, "server", DEFAULT_SERVER_PORT),
+        http_port=reader.port(ports, "http", DEFAULT_HTTP_PORT),
         can_manage=reader.boolean(roles, "manager", True),
         can_serve=reader.boolean(roles, "server", True),
         priority=reader.integer(roles, "priority", 50, 0, 1000),
@@ -228,11 +231,16 @@ def _failures(reader: _Reader, table: dict[str, Any]) -> FailurePolicy:
 
 
 def _check_ports(config: NodeConfig, source: str) -> None:
-    ports = {config.node_port, config.manager_port, config.server_port}
-    if len(ports) != 3:
+    numbers = (
+        config.node_port,
+        config.manager_port,
+        config.server_port,
+        config.http_port,
+    )
+    if len(set(numbers)) != len(numbers):
         raise ConfigError(
-            f"{source}: ports.node, ports.manager and ports.server must differ, got"
-            f" {config.node_port}, {config.manager_port}, {config.server_port}"
+            f"{source}: ports.node, ports.manager, ports.server and ports.http must"
+            f" differ, got {', '.join(str(n) for n in numbers)}"
         )
 
 

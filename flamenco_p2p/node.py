@@ -17,6 +17,7 @@ import zmq
 import zmq.asyncio
 
 from flamenco_p2p import __version__
+from flamenco_p2p.api.app import FarmApi
 from flamenco_p2p.background import BackgroundTasks
 from flamenco_p2p.blobs import BlobStore
 from flamenco_p2p.config import NodeConfig, load_node_id
@@ -116,6 +117,7 @@ class Node:
         self.worker: WorkerAgent | None = None
         self.standby: Standby | None = None
         self.client = ClientService(self)
+        self.api: FarmApi | None = None
         self.discovery: MdnsDiscovery | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._vote_tasks: set[asyncio.Task[None]] = set()
@@ -163,6 +165,8 @@ class Node:
             )
         if config.worker_slots > 0:
             await self._start_worker()
+        self.api = FarmApi(self)
+        await self.api.start(config.bind_address, config.http_port)
         # The settle time runs from here: discovery has had its chance to find
         # peers, and the first heartbeats go out now.
         self.me = dataclasses.replace(self.me, started=self.clock())
@@ -189,6 +193,8 @@ class Node:
             link.send_nowait("leaving", {"reason": reason[:200]})
         # Give the leaving messages a moment to reach the wire before closing.
         await asyncio.sleep(0.05)
+        if self.api is not None:
+            await self.api.close()
         if self.worker is not None:
             await self.worker.close()
         if self.standby is not None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from flamenco_p2p.errors import BlobError, FarmUnavailable, InvalidInput
 from flamenco_p2p.protocol.messages import Message
+from flamenco_p2p.thumbnail_cache import Thumbnails
 from flamenco_p2p.transport import DealerLink, RemoteError, Reply
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class OutputWriter:
     tmp: Path
     sha256: str
     size: int
+    job_id: str
     received: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
     last_write: float = field(default_factory=time.monotonic)
@@ -67,9 +69,11 @@ class ClientService:
         self.submissions_dir.mkdir(parents=True, exist_ok=True)
         self.outputs: dict[tuple[str, str], OutputWriter] = {}
         self.server_ready = asyncio.Event()
+        self.thumbnails = Thumbnails(node.config.data_dir / "thumbnails")
 
     async def close(self) -> None:
         """Drop the server link and partial outputs."""
+        await self.thumbnails.close()
         if self.server is not None:
             await self.server.close()
             self.server = None
@@ -117,6 +121,8 @@ class ClientService:
             return await self._status()
         if message.op == "blob_get":
             return self._blob_get(body)
+        if message.op == "client_thumbnail":
+            return self._thumbnail(body["job_id"])
         if message.op == "output_put":
             return await self._output_put(body)
         raise RemoteError(
@@ -198,21 +204,39 @@ class ClientService:
     async def _submit(self, body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(body["job"], dict):
             raise RemoteError("invalid", "job must be a map of job settings", "job")
-        job = dict(body["job"])
-        if not isinstance(job.get("settings") or {}, dict):
-            raise RemoteError("invalid", "job.settings must be a map", "job.settings")
-        settings = dict(job.get("settings") or {})
-        job["submitter_node"] = self.node.node_id
+        blend: tuple[str, int, str] | None = None
         blend_path = body["blend_path"]
-        if job.get("job_type") == "blender-render":
+        if body["job"].get("job_type") == "blender-render":
             if not blend_path:
                 raise InvalidInput("a blender-render job needs the blend file's path")
             path = Path(blend_path)
             if not path.is_file():
                 raise InvalidInput(f"blend file {blend_path!r} not found on this node")
             sha256, size = await self.node.blobs.add_file(path)
-            settings.update(blend_sha256=sha256, blend_size=size, blend_name=path.name)
-            output_dir = Path(settings.get("output_dir", ""))
+            blend = (sha256, size, path.name)
+        return {"job_id": await self.submit(body["job"], blend)}
+
+    async def submit(
+        self, raw_job: dict[str, Any], blend: tuple[str, int, str] | None = None
+    ) -> str:
+        """Check a job from a client, store it on the server and return its id.
+
+        ``blend`` is (sha256, size, file name) of the blend file in this node's
+        blob store; without it, a blender-render job must name one in its
+        settings. Outputs come back to this node, into the job's output_dir.
+        """
+        job = dict(raw_job)
+        if not isinstance(job.get("settings") or {}, dict):
+            raise RemoteError("invalid", "job.settings must be a map", "job.settings")
+        settings = dict(job.get("settings") or {})
+        job["submitter_node"] = self.node.node_id
+        if job.get("job_type") == "blender-render":
+            if blend is not None:
+                settings.update(
+                    blend_sha256=blend[0], blend_size=blend[1], blend_name=blend[2]
+                )
+            self._check_blend(settings)
+            output_dir = Path(str(settings.get("output_dir", "")))
             if not output_dir.is_absolute():
                 raise InvalidInput(
                     f"output_dir {str(output_dir)!r} must be an absolute path"
@@ -236,7 +260,22 @@ class ClientService:
             if exc.code != "unavailable":
                 self._submission_path(job_id).unlink(missing_ok=True)
             raise
-        return {"job_id": job_id}
+        return job_id
+
+    def _check_blend(self, settings: dict[str, Any]) -> None:
+        sha256 = settings.get("blend_sha256")
+        if not isinstance(sha256, str) or not self.node.blobs.has(sha256):
+            raise InvalidInput(
+                f"settings.blend_sha256 is {sha256!r}, which this node does not"
+                " hold; upload the blend file first (PUT /api/blobs/SHA256)"
+            )
+        settings["blend_size"] = self.node.blobs.size(sha256)
+        name = settings.get("blend_name")
+        if not isinstance(name, str) or not name.endswith(".blend"):
+            raise InvalidInput(
+                f"settings.blend_name is {name!r}; give the blend file's name,"
+                " ending in .blend"
+            )
 
     def _record_submission(self, job_id: str, settings: dict[str, Any]) -> None:
         record = {"output_dir": settings.get("output_dir")}
@@ -275,6 +314,14 @@ class ClientService:
         except BlobError as exc:
             raise RemoteError("not_found", str(exc), "sha256") from exc
         return Reply("blob_data", {"size": size, "data": data})
+
+    def _thumbnail(self, job_id: str) -> Reply:
+        data = self.thumbnails.read(job_id)
+        if data is None:
+            raise RemoteError(
+                "not_found", f"job {job_id} has no rendered frame here yet", "job_id"
+            )
+        return Reply("blob_data", {"size": len(data), "data": data})
 
     async def _output_dir(self, job_id: str) -> Path:
         path = self._submission_path(job_id)
@@ -345,7 +392,7 @@ class ClientService:
         attempt_tag = hashlib.sha256(body["attempt_id"].encode()).hexdigest()[:16]
         tmp = folder / f".{name}.{attempt_tag}.part"
         tmp.write_bytes(b"")
-        writer = OutputWriter(final, tmp, body["sha256"], body["size"])
+        writer = OutputWriter(final, tmp, body["sha256"], body["size"], body["job_id"])
         self.outputs[(body["attempt_id"], name)] = writer
         return writer
 
@@ -386,6 +433,7 @@ class ClientService:
             )
         os.replace(writer.tmp, writer.final)
         logger.info("received output %s (%d bytes)", writer.final, writer.size)
+        self.thumbnails.frame_arrived(writer.job_id, writer.final)
         return {"path": str(writer.final), "sha256": actual}
 
 

@@ -206,6 +206,18 @@ class LocalFarm:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(node.process.pid, signal.SIGKILL)
 
+    def api_url(self, index: int = 0) -> str:
+        """The base address of one node's HTTP API, without a trailing slash."""
+        config = load_config(self.nodes[index].data_dir)
+        return f"http://{config.bind_address}:{config.http_port}"
+
+    @property
+    def token(self) -> str:
+        """The farm token that HTTP changes must carry."""
+        from flamenco_p2p.farmkey import load_farm_key
+
+        return load_farm_key(self.nodes[0].data_dir).api_token
+
     def client(self, index: int = 0) -> NodeClient:
         """Return a client of one node."""
         return NodeClient.for_config(

@@ -129,6 +129,7 @@ BODIES: dict[str, Map] = {
     "client_job": Map({"job_id": ITEM_ID}),
     "client_cancel": Map({"job_id": ITEM_ID}),
     "client_task_log": Map({"task_id": ITEM_ID}),
+    "client_thumbnail": Map({"job_id": ITEM_ID}),
     # Files: blobs travel worker <- manager <- submitter, outputs worker -> submitter.
     "blob_get": Map(
         {
@@ -235,6 +236,45 @@ BODIES: dict[str, Map] = {
     "list_jobs": Map({"limit": Int(1, 10_000)}),
     "cancel_job": Map({"job_id": ITEM_ID}),
     "get_task_log": Map({"task_id": ITEM_ID}),
+    # Forwarded by the HTTP API of any node.
+    "job_page": Map(
+        {
+            "limit": Int(1, 1000),
+            "offset": Int(0, 2**53),
+            "statuses": List(Str(max_len=20), max_len=16),
+            "query": Str(max_len=200),
+        }
+    ),
+    "task_page": Map(
+        {
+            "job_id": ITEM_ID,
+            "limit": Int(1, 1000),
+            "offset": Int(0, 2**53),
+            "statuses": List(Str(max_len=20), max_len=16),
+        }
+    ),
+    "get_task": Map({"task_id": ITEM_ID}),
+    "task_log_lines": Map(
+        {
+            "task_id": ITEM_ID,
+            "attempt_id": Optional(ITEM_ID),
+            "after": Int(0, 2**63),
+            "limit": Int(1, 10_000),
+            "tail": Optional(Int(0, 10_000)),
+        }
+    ),
+    "farm_summary": Map({}),
+    "job_control": Map(
+        {
+            "job_id": ITEM_ID,
+            "action": Str(max_len=20),
+            "scope": Str(max_len=20),
+            "priority": Int(0, 100),
+        },
+        optional=frozenset({"scope", "priority"}),
+    ),
+    "requeue_task": Map({"task_id": ITEM_ID}),
+    "events_pull": Map({"after": Int(0, 2**53), "wait": Float(0, 60)}),
     # Standby <-> server, on the server port: the change log and its snapshots.
     "repl_pull": Map(
         {

@@ -154,6 +154,10 @@ class LogSource:
         """Wake pulls that wait for new entries; the store calls this on commit."""
         self._changed.fire()
 
+    async def changed(self) -> None:
+        """Wait for the next committed change."""
+        await self._changed.wait()
+
     async def head(self) -> int:
         """Return the seq of the newest entry."""
         self.last_head = (await replica.position(self.store)).seq

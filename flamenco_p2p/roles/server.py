@@ -22,6 +22,7 @@ from flamenco_p2p.errors import (
 )
 from flamenco_p2p.jobs.spec import JobSpec
 from flamenco_p2p.protocol.messages import Message
+from flamenco_p2p.roles.farm_queries import QUERY_OPS, FarmQueries
 from flamenco_p2p.roles.replication import LogSource
 from flamenco_p2p.roles.wire import (
     assignment_to_dict,
@@ -54,6 +55,7 @@ SERVER_OPS = frozenset(
         "repl_snapshot",
         "repl_merge",
     }
+    | QUERY_OPS
 )
 SWEEP_EVERY = 2.0
 MAX_PARKED = 4096
@@ -98,6 +100,7 @@ class ServerRole:
         self._passes_requested = 0
         self._passes_covered = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self.queries = FarmQueries(store, log, epoch, self._send_cancel)
 
     async def start(self, address: str, port: int) -> None:
         """Start writing the change log under this epoch and bind the server port."""
@@ -138,6 +141,8 @@ class ServerRole:
                 body["holder"],
                 body["wait"],
             )
+        if message.op in QUERY_OPS:
+            return await self.queries.handle(message.op, message.body)
         handler = getattr(self, "_on_" + message.op)
         result: dict[str, Any] | None = await handler(identity, message.body)
         return result

@@ -499,8 +499,12 @@ class WorkerAgent:
     async def _run_sleep(self, assignment: dict[str, Any]) -> list[dict[str, Any]]:
         payload = assignment["payload"]
         duration = float(payload.get("duration", 0.0))
+        attempt_id = assignment["attempt_id"]
+        # Sleep tasks stand in for renders in tests and demos, so they log too.
+        self._buffer_log(attempt_id, f"sleeping {duration:g} s on {self.node_id}")
         if duration > 0:
             await asyncio.sleep(duration)
+        self._buffer_log(attempt_id, f"slept {duration:g} s")
         if payload.get("fail"):
             raise RenderError(
                 f"sleep task {assignment['task_id']} failed because its job lists"

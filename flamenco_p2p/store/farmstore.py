@@ -35,6 +35,8 @@ from flamenco_p2p.frames import format_frames
 from flamenco_p2p.jobs.compiler import TaskSpec, compile_job
 from flamenco_p2p.jobs.spec import GPU_TYPES, JobSpec, Requirements
 from flamenco_p2p.jobs.status import (
+    FINAL_JOB_STATUSES,
+    RUNNABLE_JOB_STATUSES,
     RUNNABLE_TASK_STATUSES,
     AttemptStatus,
     JobStatus,
@@ -569,6 +571,430 @@ class FarmStore:
         )
         return running
 
+    # Views for the HTTP API ------------------------------------------------
+
+    async def job_page(
+        self,
+        limit: int,
+        offset: int = 0,
+        statuses: Sequence[str] = (),
+        name_contains: str = "",
+    ) -> tuple[list[JobView], int]:
+        """Return one page of jobs, newest first, and how many jobs match in all.
+
+        statuses keeps jobs in any of these statuses (all when empty);
+        name_contains keeps jobs whose name contains the text, ignoring case.
+        """
+        _check_page(limit, offset)
+        unknown = [s for s in statuses if s not in JobStatus.__members__.values()]
+        if unknown:
+            known = ", ".join(s.value for s in JobStatus)
+            raise InvalidInput(f"job status {unknown[0]!r} is unknown; give {known}")
+        where = ["1"]
+        params: list[Any] = []
+        if statuses:
+            where.append("status IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(list(statuses)))
+        if name_contains:
+            where.append("instr(lower(name), lower(?)) > 0")
+            params.append(name_contains)
+        clause = " WHERE " + " AND ".join(where)
+        async with self._reading() as db:
+            total_rows = await db.execute_fetchall(
+                "SELECT COUNT(*) FROM jobs" + clause,  # noqa: S608
+                params,
+            )
+            rows = list(
+                await db.execute_fetchall(
+                    _JOB_SQL + clause + " ORDER BY created DESC, rowid DESC"
+                    " LIMIT ? OFFSET ?",
+                    (*params, limit, offset),
+                )
+            )
+            counts = await _task_counts(db, [row[0] for row in rows])
+        total: int = next(iter(total_rows))[0]
+        return [_job_view(row, counts.get(row[0], {})) for row in rows], total
+
+    async def task_page(
+        self, job_id: str, limit: int, offset: int = 0, statuses: Sequence[str] = ()
+    ) -> tuple[list[TaskView], int]:
+        """Return one page of the job's tasks in dispatch order, and the match count.
+
+        Raises NotFound for an unknown job.
+        """
+        _check_page(limit, offset)
+        unknown = [s for s in statuses if s not in TaskStatus.__members__.values()]
+        if unknown:
+            known = ", ".join(s.value for s in TaskStatus)
+            raise InvalidInput(f"task status {unknown[0]!r} is unknown; give {known}")
+        clause = " WHERE job_id = ?"
+        params: list[Any] = [job_id]
+        if statuses:
+            clause += " AND status IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps(list(statuses)))
+        async with self._reading() as db:
+            await _require_job(db, job_id)
+            total_rows = await db.execute_fetchall(
+                "SELECT COUNT(*) FROM tasks" + clause,  # noqa: S608
+                params,
+            )
+            rows = await db.execute_fetchall(
+                _TASK_SQL + clause + " ORDER BY idx LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            )
+        total: int = next(iter(total_rows))[0]
+        return [_task_view(row) for row in rows], total
+
+    async def get_task(self, task_id: str) -> tuple[TaskView, list[dict[str, Any]]]:
+        """Return a task and its attempts, oldest first; NotFound for an unknown id."""
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(f"{_TASK_SQL} WHERE id = ?", (task_id,))
+            if not rows:
+                raise NotFound(f"task {task_id!r} not found")
+            attempts = await db.execute_fetchall(
+                "SELECT id, task_id, worker_id, node_id, status, progress, error,"
+                " started, ended FROM attempts WHERE task_id = ?"
+                " ORDER BY started, rowid",
+                (task_id,),
+            )
+        keys = (
+            "id", "task_id", "worker_id", "node_id", "status", "progress", "error",
+            "started", "ended",
+        )  # fmt: skip
+        return _task_view(next(iter(rows))), [
+            dict(zip(keys, row, strict=True)) for row in attempts
+        ]
+
+    async def tasks_by_id(self, task_ids: Sequence[str]) -> list[TaskView]:
+        """Return the tasks of task_ids that exist, in no particular order."""
+        if not task_ids:
+            return []
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                _TASK_SQL + " WHERE id IN (SELECT value FROM json_each(?))",  # noqa: S608
+                (json.dumps(list(task_ids)),),
+            )
+        return [_task_view(row) for row in rows]
+
+    async def jobs_by_id(self, job_ids: Sequence[str]) -> list[JobView]:
+        """Return the jobs of job_ids that exist, in no particular order."""
+        if not job_ids:
+            return []
+        async with self._reading() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    _JOB_SQL + " WHERE id IN (SELECT value FROM json_each(?))",  # noqa: S608
+                    (json.dumps(list(job_ids)),),
+                )
+            )
+            counts = await _task_counts(db, [row[0] for row in rows])
+        return [_job_view(row, counts.get(row[0], {})) for row in rows]
+
+    async def log_lines(
+        self,
+        task_id: str,
+        *,
+        attempt_id: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        tail: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return a task's kept log lines as {"id", "attempt_id", "created", "line"}.
+
+        With tail, the last tail lines; otherwise up to limit lines after the
+        line id after. Both oldest first, optionally of one attempt only.
+        Raises NotFound for an unknown task.
+        """
+        _check_page(limit, 0)
+        clause = " WHERE task_id = ? AND id > ?"
+        params: list[Any] = [task_id, after]
+        if attempt_id is not None:
+            clause += " AND attempt_id = ?"
+            params.append(attempt_id)
+        if tail is not None:
+            order, count = " ORDER BY id DESC LIMIT ?", tail
+        else:
+            order, count = " ORDER BY id LIMIT ?", limit
+        async with self._reading() as db:
+            found = await db.execute_fetchall(
+                "SELECT 1 FROM tasks WHERE id = ?", (task_id,)
+            )
+            if not found:
+                raise NotFound(f"task {task_id!r} not found")
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT id, attempt_id, created, line FROM task_logs"  # noqa: S608
+                    + clause
+                    + order,
+                    (*params, count),
+                )
+            )
+        if tail is not None:
+            rows.reverse()
+        return [
+            {"id": row[0], "attempt_id": row[1], "created": row[2], "line": row[3]}
+            for row in rows
+        ]
+
+    async def current_work(self) -> list[dict[str, Any]]:
+        """Return what each busy worker runs: worker, job, task, name, progress."""
+        async with self._reading() as db:
+            rows = await db.execute_fetchall(
+                "SELECT a.worker_id, a.job_id, a.task_id, t.name, a.progress"
+                " FROM attempts AS a JOIN tasks AS t ON t.id = a.task_id"
+                " WHERE a.status = 'active' AND t.current_attempt = a.id"
+            )
+        keys = ("worker_id", "job_id", "task_id", "name", "progress")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    async def farm_counts(self) -> dict[str, Any]:
+        """Count jobs, tasks and workers by status, and name the newest frame."""
+        async with self._reading() as db:
+            jobs = await db.execute_fetchall(
+                "SELECT status, COUNT(*) FROM jobs GROUP BY status"
+            )
+            tasks = await db.execute_fetchall(
+                "SELECT status, COUNT(*) FROM tasks GROUP BY status"
+            )
+            workers = await db.execute_fetchall(
+                "SELECT status, COUNT(*) FROM workers GROUP BY status"
+            )
+            last = list(
+                await db.execute_fetchall(
+                    "SELECT a.job_id, a.task_id, a.ended FROM attempts AS a"
+                    " WHERE a.status = 'completed' ORDER BY a.ended DESC LIMIT 1"
+                )
+            )
+        return {
+            "jobs": {s.value: 0 for s in JobStatus} | {r[0]: r[1] for r in jobs},
+            "tasks": {s.value: 0 for s in TaskStatus} | {r[0]: r[1] for r in tasks},
+            "workers": {row[0]: row[1] for row in workers},
+            "last_frame": (
+                {"job_id": last[0][0], "task_id": last[0][1], "updated": last[0][2]}
+                if last
+                else None
+            ),
+        }
+
+    # Steering by users -----------------------------------------------------
+
+    async def pause_job(self, job_id: str) -> list[Assignment]:
+        """Stop handing out the job's tasks; return the running attempts to stop.
+
+        Waiting tasks become paused. A job with running attempts stays
+        pause-requested until each one has completed, failed or stopped (see
+        cancel_attempt_done). Pausing a paused or pause-requested job again does
+        nothing. Raises StateError naming the status for any other job that is
+        not queued or active.
+        """
+        async with self._transaction() as db:
+            status = await _require_job(db, job_id)
+            if status in (JobStatus.PAUSED, JobStatus.PAUSE_REQUESTED):
+                return []
+            if status not in RUNNABLE_JOB_STATUSES:
+                raise StateError(
+                    f"job {job_id} is {status}; only a queued or active job can be"
+                    " paused"
+                )
+            await self._set_task_statuses(
+                db, job_id, RUNNABLE_TASK_STATUSES, TaskStatus.PAUSED
+            )
+            running = await _assignments(
+                db, "WHERE a.job_id = ? AND a.status = 'active'", (job_id,)
+            )
+            target = JobStatus.PAUSE_REQUESTED if running else JobStatus.PAUSED
+            await self._set_job_status(db, job_id, status, target)
+        logger.info("job %s pause requested, %d attempts to stop", job_id, len(running))
+        return running
+
+    async def resume_job(self, job_id: str) -> JobView:
+        """Queue a paused job and its paused tasks again.
+
+        Raises StateError for a job that is not paused, naming its status.
+        """
+        async with self._transaction() as db:
+            status = await _require_job(db, job_id)
+            if status != JobStatus.PAUSED:
+                hint = (
+                    "; wait until its running tasks have stopped"
+                    if status == JobStatus.PAUSE_REQUESTED
+                    else ""
+                )
+                raise StateError(
+                    f"job {job_id} is {status}; only a paused job can be resumed{hint}"
+                )
+            await self._set_task_statuses(
+                db, job_id, [TaskStatus.PAUSED], TaskStatus.QUEUED
+            )
+            await self._set_job_status(db, job_id, status, JobStatus.QUEUED)
+        return await self.get_job(job_id)
+
+    async def requeue_job(self, job_id: str, scope: str) -> JobView:
+        """Run the job's tasks again: every task (scope "all") or the failed ones.
+
+        "failed" also takes canceled tasks, which lack their frames as failed
+        ones do. Requeued tasks start afresh: failure counts, errors and the
+        job's blocklist are cleared. A finished or paused job is queued again.
+        Raises InvalidInput for another scope and StateError when the job's
+        status forbids it (running tasks, a pending cancel or pause) or when
+        nothing would run again.
+        """
+        if scope not in ("all", "failed"):
+            raise InvalidInput(f"scope is {scope!r}; give 'all' or 'failed'")
+        async with self._transaction() as db:
+            status = await _require_job(db, job_id)
+            restartable = FINAL_JOB_STATUSES | {JobStatus.PAUSED}
+            running = status in RUNNABLE_JOB_STATUSES
+            if not (status in restartable or (running and scope == "failed")):
+                raise StateError(
+                    f"job {job_id} is {status}; requeue all tasks of a completed,"
+                    " failed, canceled or paused job, or the failed tasks of a"
+                    " queued or active one"
+                )
+            if scope == "all":
+                chosen = [s for s in TaskStatus if s != TaskStatus.ACTIVE]
+            else:
+                chosen = [TaskStatus.FAILED, TaskStatus.CANCELED]
+            if status == JobStatus.PAUSED:
+                chosen.append(TaskStatus.PAUSED)
+            count = await self._requeue_tasks(db, job_id, chosen)
+            if not count:
+                raise StateError(
+                    f"job {job_id} has no {'' if scope == 'all' else 'failed '}tasks"
+                    " to requeue"
+                )
+            await db.execute("DELETE FROM job_blocklist WHERE job_id = ?", (job_id,))
+            await self._restart_job(db, job_id, status)
+        logger.info("job %s requeued (%s): %d tasks", job_id, scope, count)
+        return await self.get_job(job_id)
+
+    async def requeue_task(self, task_id: str) -> TaskView:
+        """Run one task again, which queues its finished job again.
+
+        Raises NotFound for an unknown task and StateError while the task waits
+        or runs, or while its job is being canceled or paused.
+        """
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                "SELECT t.status, t.job_id, j.status FROM tasks AS t"
+                " JOIN jobs AS j ON j.id = t.job_id WHERE t.id = ?",
+                (task_id,),
+            )
+            if not rows:
+                raise NotFound(f"task {task_id!r} not found")
+            task_status, job_id, job_status = next(iter(rows))
+            waiting = (*RUNNABLE_TASK_STATUSES, TaskStatus.ACTIVE, TaskStatus.PAUSED)
+            if task_status in waiting:
+                raise StateError(
+                    f"task {task_id} is {task_status}; only a completed, failed or"
+                    " canceled task can be requeued"
+                )
+            if job_status in (
+                JobStatus.CANCEL_REQUESTED,
+                JobStatus.PAUSE_REQUESTED,
+                JobStatus.REQUEUEING,
+            ):
+                raise StateError(
+                    f"job {job_id} is {job_status}; wait until it settles, then"
+                    " requeue the task"
+                )
+            check_task_transition(task_id, task_status, TaskStatus.QUEUED)
+            await db.execute(
+                f"UPDATE tasks SET {_FRESH_TASK} WHERE id = ?",  # noqa: S608
+                (self._clock(), task_id),
+            )
+            await self._restart_job(db, job_id, job_status)
+            view = await _fetch_task(db, task_id)
+        logger.info("task %s of job %s requeued", task_id, job_id)
+        return view
+
+    async def set_priority(self, job_id: str, priority: int) -> JobView:
+        """Change the job's priority (0 to 100; higher runs first)."""
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise InvalidInput(f"priority is {priority!r}; give an integer 0 to 100")
+        if not 0 <= priority <= 100:
+            raise InvalidInput(f"priority is {priority}; give an integer 0 to 100")
+        async with self._transaction() as db:
+            await _require_job(db, job_id)
+            await db.execute(
+                "UPDATE jobs SET priority = ?, updated = ? WHERE id = ?",
+                (priority, self._clock(), job_id),
+            )
+        logger.info("job %s priority set to %d", job_id, priority)
+        return await self.get_job(job_id)
+
+    async def delete_job(self, job_id: str) -> None:
+        """Forget a completed, failed or canceled job with its tasks and logs.
+
+        Rendered frames stay where they were delivered. Raises StateError for a
+        job that may still run.
+        """
+        async with self._transaction() as db:
+            status = await _require_job(db, job_id)
+            if status not in FINAL_JOB_STATUSES or await _has_tasks(
+                db, job_id, [TaskStatus.ACTIVE]
+            ):
+                raise StateError(
+                    f"job {job_id} is {status}; cancel it first, then delete it"
+                )
+            # Children first, so that the change log holds a delete for each row
+            # and replicas drop them whether or not their foreign keys cascade.
+            for table in ("task_logs", "job_blocklist", "attempts", "tasks"):
+                key = "task_id IN (SELECT id FROM tasks WHERE job_id = ?)"
+                where = key if table == "task_logs" else "job_id = ?"
+                await db.execute(f"DELETE FROM {table} WHERE {where}", (job_id,))  # noqa: S608
+            await db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        logger.info("job %s deleted (it was %s)", job_id, status)
+
+    async def _set_task_statuses(
+        self,
+        db: aiosqlite.Connection,
+        job_id: str,
+        current: Iterable[TaskStatus],
+        new: TaskStatus,
+    ) -> None:
+        statuses = list(current)
+        for status in statuses:
+            check_task_transition(f"(tasks of job {job_id})", status, new)
+        where = f"job_id = ? AND status IN {_placeholders(len(statuses))}"
+        await db.execute(
+            "UPDATE tasks SET status = ?, updated = ? WHERE " + where,  # noqa: S608
+            (new.value, self._clock(), job_id, *(s.value for s in statuses)),
+        )
+
+    async def _requeue_tasks(
+        self, db: aiosqlite.Connection, job_id: str, statuses: Sequence[TaskStatus]
+    ) -> int:
+        for status in statuses:
+            if status != TaskStatus.QUEUED:
+                check_task_transition(
+                    f"(tasks of job {job_id})", status, TaskStatus.QUEUED
+                )
+        where = f"job_id = ? AND status IN {_placeholders(len(statuses))}"
+        cursor = await db.execute(
+            f"UPDATE tasks SET {_FRESH_TASK} WHERE " + where,  # noqa: S608
+            (self._clock(), job_id, *(s.value for s in statuses)),
+        )
+        return cursor.rowcount
+
+    async def _restart_job(
+        self, db: aiosqlite.Connection, job_id: str, status: str
+    ) -> None:
+        """Queue a finished or paused job again after some of its tasks were reset."""
+        if status in RUNNABLE_JOB_STATUSES:
+            return
+        if status == JobStatus.PAUSED and not await _has_tasks(
+            db, job_id, [TaskStatus.PAUSED, TaskStatus.ACTIVE]
+        ):
+            # Every task was requeued: the job runs again rather than stay paused.
+            await self._set_job_status(db, job_id, status, JobStatus.QUEUED)
+            return
+        if status == JobStatus.PAUSED:
+            return
+        await self._set_job_status(db, job_id, status, JobStatus.REQUEUEING)
+        await db.execute("UPDATE jobs SET error = NULL WHERE id = ?", (job_id,))
+        await self._set_job_status(db, job_id, JobStatus.REQUEUEING, JobStatus.QUEUED)
+
     # Leasing ---------------------------------------------------------------
 
     async def lease_task(
@@ -768,14 +1194,15 @@ class FarmStore:
         now = self._clock()
         async with self._transaction() as db:
             state = await self._running_attempt(db, attempt_id)
-            if state.job_status not in _STOPPING_JOB_STATUSES:
+            stopped = _stopped_task_status(state.job_status)
+            if stopped is None:
                 raise StateError(
                     f"attempt {attempt_id} of job {state.job_id} was not asked to "
                     f"stop (job is {state.job_status}); report its result with "
                     "complete_attempt or fail_attempt"
                 )
             await self._end_attempt(db, state, AttemptStatus.CANCELED, None, now)
-            await self._stop_task(db, state, TaskStatus.CANCELED, now)
+            await self._stop_task(db, state, stopped, now)
             await self._settle_job(db, state.job_id, state.job_status)
             view = await _fetch_task(db, state.task_id)
         logger.info(
@@ -824,8 +1251,9 @@ class FarmStore:
         A task of a job that is being canceled or has failed is canceled instead.
         """
         await self._end_attempt(db, state, AttemptStatus.LOST, reason, now)
-        if state.job_status in _STOPPING_JOB_STATUSES:
-            await self._stop_task(db, state, TaskStatus.CANCELED, now)
+        stopped = _stopped_task_status(state.job_status)
+        if stopped is not None:
+            await self._stop_task(db, state, stopped, now)
             await self._settle_job(db, state.job_id, state.job_status)
             return False
         await self._stop_task(db, state, TaskStatus.QUEUED, now)
@@ -1024,7 +1452,7 @@ class FarmStore:
         status: TaskStatus,
         now: float,
     ) -> None:
-        """Move a running task to queued (run again) or canceled."""
+        """Move a running task to queued (run again), paused or canceled."""
         check_task_transition(state.task_id, state.task_status, status)
         keep_attempt = status == TaskStatus.CANCELED
         await db.execute(
@@ -1289,6 +1717,12 @@ class FarmStore:
 
 
 _STOPPING_JOB_STATUSES = frozenset({JobStatus.CANCEL_REQUESTED, JobStatus.FAILED})
+
+_FRESH_TASK = (
+    "status = 'queued', failures = 0, error = NULL, progress = 0,"
+    " current_attempt = NULL, worker_id = NULL, outputs = '[]', updated = ?"
+)
+"""The SET clause that makes a task wait to run as if it had never run."""
 
 _UNDONE_TASK_STATUSES = (
     TaskStatus.QUEUED,
@@ -1571,6 +2005,26 @@ def _task_row(job_id: str, task: TaskSpec, now: float) -> tuple[Any, ...]:
         _to_json(task.payload),
         now,
     )
+
+
+def _check_page(limit: int, offset: int) -> None:
+    for name, value, low in (("limit", limit, 1), ("offset", offset, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise InvalidInput(
+                f"{name} is {value!r}; give an integer of at least {low}"
+            )
+
+
+def _stopped_task_status(job_status: str) -> TaskStatus | None:
+    """Return what a stopped task of a job in job_status becomes, or None.
+
+    None means nobody asked the job's tasks to stop.
+    """
+    if job_status in _STOPPING_JOB_STATUSES:
+        return TaskStatus.CANCELED
+    if job_status == JobStatus.PAUSE_REQUESTED:
+        return TaskStatus.PAUSED
+    return None
 
 
 def _placeholders(count: int) -> str:

@@ -1,0 +1,1 @@
+"""The HTTP API that every node serves on port 8888."""
