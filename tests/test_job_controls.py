@@ -13,7 +13,6 @@ from flamenco_p2p.jobs.status import JobStatus, TaskStatus
 from flamenco_p2p.store import FarmStore, replica
 from tests.test_farmstore import StepClock, cpu_worker, sleep_job
 
-
 # The en dash is on purpose: names come back exactly as given.
 UNICODE_NAME = "\u00c9pisode 01 \u2013 plan 3"
 
