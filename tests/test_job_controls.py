@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from test_farmstore import StepClock, cpu_worker, sleep_job
 
 from flamenco_p2p.errors import InvalidInput, NotFound, StateError
 from flamenco_p2p.jobs.spec import JobSpec, Requirements
 from flamenco_p2p.jobs.status import JobStatus, TaskStatus
 from flamenco_p2p.store import FarmStore, replica
-from tests.test_farmstore import StepClock, cpu_worker, sleep_job
 
 # The en dash is on purpose: names come back exactly as given.
 UNICODE_NAME = "\u00c9pisode 01 \u2013 plan 3"

@@ -54,11 +54,13 @@ class FarmQueries:
         log: LogSource,
         epoch: int,
         send_cancel: Callable[[Assignment], Awaitable[None]],
+        offer_tasks: Callable[[], Awaitable[None]],
     ) -> None:
         self.store = store
         self.log = log
         self.epoch = epoch
         self.send_cancel = send_cancel
+        self.offer_tasks = offer_tasks
 
     async def handle(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         """Serve one request; NotFound becomes a not_found error naming the id."""
@@ -135,6 +137,9 @@ class FarmQueries:
         for assignment in stop:
             await self.send_cancel(assignment)
         await self.log.wait_replicated()
+        if action in ("resume", "requeue", "priority"):
+            # Workers that asked for work while nothing could run wait parked.
+            await self.offer_tasks()
         logger.info("job %s: %s done, %d attempts to stop", job_id, action, len(stop))
         if action == "delete":
             return {"deleted": job_id}
@@ -143,6 +148,7 @@ class FarmQueries:
     async def _requeue_task(self, body: dict[str, Any]) -> dict[str, Any]:
         task = await self.store.requeue_task(body["task_id"])
         await self.log.wait_replicated()
+        await self.offer_tasks()
         job = await self.store.get_job(task.job_id)
         return {"task": task_view_to_dict(task), "job": job_view_to_dict(job)}
 

@@ -100,7 +100,9 @@ class ServerRole:
         self._passes_requested = 0
         self._passes_covered = 0
         self._sweeper: asyncio.Task[None] | None = None
-        self.queries = FarmQueries(store, log, epoch, self._send_cancel)
+        self.queries = FarmQueries(
+            store, log, epoch, self._send_cancel, self._serve_parked
+        )
 
     async def start(self, address: str, port: int) -> None:
         """Start writing the change log under this epoch and bind the server port."""

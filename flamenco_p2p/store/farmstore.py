@@ -596,8 +596,8 @@ class FarmStore:
             where.append("status IN (SELECT value FROM json_each(?))")
             params.append(json.dumps(list(statuses)))
         if name_contains:
-            where.append("instr(lower(name), lower(?)) > 0")
-            params.append(name_contains)
+            where.append("instr(casefold(name), ?) > 0")
+            params.append(name_contains.casefold())
         clause = " WHERE " + " AND ".join(where)
         async with self._reading() as db:
             total_rows = await db.execute_fetchall(
@@ -1734,6 +1734,8 @@ _UNDONE_TASK_STATUSES = (
 
 
 async def _configure(db: aiosqlite.Connection, path: str, synchronous: str) -> None:
+    # SQLite's lower() folds ASCII only; job names are often not ASCII.
+    await db.create_function("casefold", 1, _casefold, deterministic=True)
     await db.execute("PRAGMA foreign_keys = ON")
     await db.execute("PRAGMA busy_timeout = 5000")
     rows = await db.execute_fetchall("PRAGMA journal_mode = WAL")
@@ -2005,6 +2007,10 @@ def _task_row(job_id: str, task: TaskSpec, now: float) -> tuple[Any, ...]:
         _to_json(task.payload),
         now,
     )
+
+
+def _casefold(text: object) -> object:
+    return text.casefold() if isinstance(text, str) else text
 
 
 def _check_page(limit: int, offset: int) -> None:
