@@ -8,6 +8,8 @@ field at fault.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -43,6 +45,7 @@ MAX_HASHES = 1000
 FORWARD_TIMEOUT = 15.0
 PEER_TIMEOUT = 10.0
 SSE_PING = 15.0
+HELLO_WAIT = 5.0
 STATUS_OF_CODE = {
     "invalid": 400,
     "unauthorized": 401,
@@ -614,6 +617,10 @@ class FarmApi:
         subscriber = self.events.subscribe(job_id)
         try:
             async with sse_response(request, ping_interval=SSE_PING) as stream:
+                # A client fetches what it shows after hello, so hello waits until
+                # the feed has a starting point: no change falls between the two.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.events.ready.wait(), HELLO_WAIT)
                 await stream.send(_dumps({"node_id": self.node.node_id}), event="hello")
                 while stream.is_connected():
                     kind, data = await subscriber.queue.get()

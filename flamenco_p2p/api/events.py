@@ -66,7 +66,9 @@ class EventHub:
         self.subscribers: set[Subscriber] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._nodes_wanted = asyncio.Event()
-        self._delivered = 0
+        self._watched = asyncio.Event()
+        self.ready = asyncio.Event()
+        """Set while the feed follows the server from a known change."""
 
     def start(self) -> None:
         """Start following the server and watching the members."""
@@ -89,11 +91,14 @@ class EventHub:
         """Open a stream of events."""
         subscriber = Subscriber(job_id)
         self.subscribers.add(subscriber)
+        self._watched.set()
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Close a stream."""
         self.subscribers.discard(subscriber)
+        if not self.subscribers:
+            self._watched.clear()
 
     def broadcast(self, kind: str, data: Any) -> None:
         """Offer one event to every subscriber."""
@@ -101,9 +106,19 @@ class EventHub:
             subscriber.offer(kind, data)
 
     async def _pump(self) -> None:
+        # Nodes follow the server only while someone watches, so that an idle
+        # farm of many nodes does not wake every node on each change.
+        while True:
+            await self._watched.wait()
+            try:
+                await self._follow()
+            finally:
+                self.ready.clear()
+
+    async def _follow(self) -> None:
         after = FROM_HEAD
         epoch: int | None = None
-        while True:
+        while self.subscribers:
             try:
                 reply = await self.call_server(
                     "events_pull",
@@ -116,7 +131,7 @@ class EventHub:
                 await asyncio.sleep(RETRY_AFTER)
                 continue
             if reply["reset"] or reply["epoch"] != epoch:
-                if epoch is not None or after != FROM_HEAD:
+                if epoch is not None:
                     logger.info(
                         "event feed starts over at change %d of server epoch %d",
                         reply["head"],
@@ -125,6 +140,7 @@ class EventHub:
                     self.broadcast("reset", {})
                 epoch = reply["epoch"]
                 after = reply["head"]
+                self.ready.set()
                 continue
             after = reply["head"]
             self._deliver(reply["events"])
@@ -139,7 +155,6 @@ class EventHub:
             if kind == "workers":
                 continue
             self.broadcast(kind, utc_timestamps(event["data"]))
-            self._delivered += 1
 
     async def _watch_nodes(self) -> None:
         """Send a nodes event when members, roles or workers change, once a second
