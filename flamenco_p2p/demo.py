@@ -17,6 +17,7 @@ from typing import Any
 from flamenco_p2p.client import NodeClient
 from flamenco_p2p.config import NodeConfig, load_config
 from flamenco_p2p.errors import FarmError, FarmUnavailable, RenderError
+from flamenco_p2p.farmkey import load_farm_key
 from flamenco_p2p.transport import RemoteError
 
 NODE_COUNT = 3
@@ -158,6 +159,12 @@ async def _demo(
     async with NodeClient.for_config(config) as client:
         status = await wait_for_roles(client, processes)
         describe_roles(status)
+        # The demo farm lives only as long as the demo, so its token may show.
+        token = load_farm_key(config.data_dir).api_token
+        say(
+            "demo: watch it in a browser at"
+            f" http://{config.bind_address}:{config.http_port}/#token={token}"
+        )
         job_id = await submit_demo(client, blend, frames, output)
         from flamenco_p2p.cli import wait_for_job
 
