@@ -10,6 +10,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_OPEN_OUTPUTS = 64
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 TIMESTAMP_FIELDS = frozenset(
     {"created", "updated", "started", "ended", "first_seen", "last_seen"}
 )
@@ -264,7 +266,12 @@ class ClientService:
 
     def _check_blend(self, settings: dict[str, Any]) -> None:
         sha256 = settings.get("blend_sha256")
-        if not isinstance(sha256, str) or not self.node.blobs.has(sha256):
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise InvalidInput(
+                f"settings.blend_sha256 is {str(sha256)[:80]!r}; give the blend"
+                " file's SHA-256 as 64 lowercase hex digits"
+            )
+        if not self.node.blobs.has(sha256):
             raise InvalidInput(
                 f"settings.blend_sha256 is {sha256!r}, which this node does not"
                 " hold; upload the blend file first (PUT /api/blobs/SHA256)"

@@ -22,12 +22,14 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from flamenco_p2p.api.events import EventHub
+from flamenco_p2p.api.views import job_out, task_out
 from flamenco_p2p.dashboard import STATIC_DIR
 from flamenco_p2p.errors import (
     ConfigError,
     FarmError,
-    InvalidInput,
+    FarmUnavailable,
     NotFound,
+    StateError,
 )
 from flamenco_p2p.farmkey import check_token
 from flamenco_p2p.node_client import utc_timestamps
@@ -187,6 +189,9 @@ class FarmApi:
             if status >= 500:
                 logger.error("%s %s failed: %s", request.method, request.path, exc)
             return error_response(status, code, str(exc), field)
+        except Exception as exc:  # a bug in a handler must still answer in JSON
+            logger.exception("%s %s failed", request.method, request.path)
+            return error_response(500, "internal", f"the node failed: {exc}")
 
     @web.middleware
     async def _authorize(
@@ -226,7 +231,7 @@ class FarmApi:
             "task_page", {"job_id": job_id, "limit": 1, "offset": 0, "statuses": []}
         )
         job: dict[str, Any] = reply["job"]
-        return _job_out(job)
+        return job_out(job)
 
     def _membership_fingerprint(self) -> str:
         view = self.node.describe()
@@ -318,7 +323,7 @@ class FarmApi:
                         {
                             "worker_id": w["worker_id"],
                             "status": w["status"],
-                            "current_task": w["current_task"],
+                            "current_task": _current_task(w["current_task"]),
                         }
                         for w in workers
                         if w["node_id"] == member["node_id"]
@@ -348,7 +353,7 @@ class FarmApi:
         )
         return _json(
             {
-                "jobs": [_job_out(job) for job in reply["jobs"]],
+                "jobs": [job_out(job) for job in reply["jobs"]],
                 "total": reply["total"],
                 "limit": limit,
                 "offset": offset,
@@ -425,7 +430,7 @@ class FarmApi:
                 )
             body["priority"] = priority
         reply = await self._forward("job_control", body)
-        return _json({"job": _job_out(reply["job"])})
+        return _json({"job": job_out(reply["job"])})
 
     # Tasks -----------------------------------------------------------------
 
@@ -442,7 +447,7 @@ class FarmApi:
         )
         return _json(
             {
-                "tasks": [_task_out(t) for t in reply["tasks"]],
+                "tasks": [task_out(t) for t in reply["tasks"]],
                 "total": reply["total"],
                 "limit": limit,
                 "offset": offset,
@@ -453,13 +458,13 @@ class FarmApi:
         reply = await self._forward(
             "get_task", {"task_id": _item_id(request, "task_id")}
         )
-        return _json({"task": _task_out(reply["task"]), "attempts": reply["attempts"]})
+        return _json({"task": task_out(reply["task"]), "attempts": reply["attempts"]})
 
     async def _requeue_task(self, request: web.Request) -> web.StreamResponse:
         reply = await self._forward(
             "requeue_task", {"task_id": _item_id(request, "task_id")}
         )
-        return _json({"task": _task_out(reply["task"]), "job": _job_out(reply["job"])})
+        return _json({"task": task_out(reply["task"]), "job": job_out(reply["job"])})
 
     async def _log_lines(
         self, request: web.Request, text: bool
@@ -641,60 +646,22 @@ def _error_of(exc: Exception) -> tuple[int, str, str | None]:
         return STATUS_OF_CODE.get(exc.code, 502), exc.code, exc.field
     if isinstance(exc, NotFound):
         return 404, "not_found", None
-    if isinstance(exc, InvalidInput | ValueError):
-        return 400, "invalid", None
-    return 409, "conflict", None
+    if isinstance(exc, FarmUnavailable):
+        return 503, "unavailable", None
+    if isinstance(exc, StateError):
+        return 409, "conflict", None
+    return 400, "invalid", None
+
+
+def _current_task(work: dict[str, Any] | None) -> dict[str, Any] | None:
+    if work is None:
+        return None
+    keys = ("job_id", "task_id", "name", "progress")
+    return {key: work[key] for key in keys}
 
 
 def _holder(holder: dict[str, Any]) -> dict[str, Any]:
     return {"node_id": holder["holder"], "epoch": holder["epoch"]}
-
-
-def _job_out(job: dict[str, Any]) -> dict[str, Any]:
-    counts = job["task_counts"]
-    total = sum(counts.values())
-    done = counts.get("completed", 0)
-    frames_total = job["frames_total"]
-    if frames_total:
-        progress = job["frames_done"] / frames_total
-    else:
-        progress = done / total if total else 0.0
-    return {
-        "id": job["id"],
-        "name": job["name"],
-        "status": job["status"],
-        "priority": job["priority"],
-        "job_type": job["job_type"],
-        "settings": job["settings"],
-        "requirements": job["requirements"],
-        "created": job["created"],
-        "updated": job["updated"],
-        "task_counts": counts,
-        "tasks_total": total,
-        "frames_total": frames_total,
-        "frames_done": job["frames_done"],
-        "progress": min(max(progress, 0.0), 1.0),
-        "submitter_node": job["submitter_node"],
-        "error": job["error"],
-    }
-
-
-def _task_out(task: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": task["id"],
-        "job_id": task["job_id"],
-        "index": task["index"],
-        "name": task["name"],
-        "status": task["status"],
-        "frames": task["frames"],
-        "attempt_id": task["attempt_id"],
-        "worker_id": task["worker_id"],
-        "attempts": task["attempts"],
-        "failures": task["failures"],
-        "progress": task["progress"],
-        "error": task["error"],
-        "outputs": task["outputs"],
-    }
 
 
 def _item_id(request: web.Request, name: str) -> str:
@@ -736,6 +703,8 @@ async def _json_body(request: web.Request, optional: bool = False) -> dict[str, 
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "invalid", f"the body is not JSON in UTF-8: {exc}") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "invalid", "the body's JSON is nested too deeply") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "invalid", "the body must be a JSON object")
     return body

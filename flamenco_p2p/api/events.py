@@ -146,6 +146,7 @@ class EventHub:
             self._deliver(reply["events"])
 
     def _deliver(self, events: list[dict[str, Any]]) -> None:
+        from flamenco_p2p.api.views import job_out, task_out
         from flamenco_p2p.node_client import utc_timestamps
 
         for event in events:
@@ -154,7 +155,12 @@ class EventHub:
                 self._nodes_wanted.set()
             if kind == "workers":
                 continue
-            self.broadcast(kind, utc_timestamps(event["data"]))
+            data = utc_timestamps(event["data"])
+            if kind == "job":
+                data = job_out(data)
+            elif kind == "task":
+                data = task_out(data)
+            self.broadcast(kind, data)
 
     async def _watch_nodes(self) -> None:
         """Send a nodes event when members, roles or workers change, once a second

@@ -43,10 +43,10 @@ MAX_STATUS_FILTERS = 16
 MAX_QUERY_LENGTH = 200
 MAX_HASHES = 1000
 MAX_PATH_ID_LENGTH = 64
-"""Longest job or task id a path accepts; longer ones get 400."""
+"""Maximum length of a job or task id in a path. Longer ids get 400."""
 
 ERROR_CODES = {
-    400: ("invalid", "A parameter or body field is invalid; `field` names it."),
+    400: ("invalid", "A parameter or body field is invalid, and `field` names it."),
     401: ("unauthorized", "The farm token is missing or wrong."),
     404: ("not_found", "No such job, task, blob or route."),
     409: ("conflict", "The job or task is in a state that forbids the change."),
@@ -54,7 +54,7 @@ ERROR_CODES = {
     503: (
         "unavailable",
         "The farm has no reachable server yet, or the node that holds the data"
-        " is unreachable; retry later.",
+        " is unreachable. Retry later.",
     ),
 }
 """Error status: (the `code` in the body, the response's description)."""
@@ -68,7 +68,7 @@ _RESPONSE_NAMES = {
     503: "Unavailable",
 }
 
-# Reading calls need no token; every POST, PUT and DELETE needs one.
+# Reading calls need no token, but every POST, PUT and DELETE needs one.
 _SECURED_METHODS = frozenset({"post", "put", "delete"})
 
 
@@ -94,11 +94,13 @@ def obj(
     optional: Iterable[str] = (),
     description: str | None = None,
 ) -> Schema:
-    """Return a closed object schema; every property is required unless optional."""
+    """Return a closed object schema whose properties are required unless optional."""
     skipped = set(optional)
     unknown = skipped - set(properties)
     if unknown:
-        raise ValueError(f"optional names unknown properties: {sorted(unknown)}")
+        raise ValueError(
+            f"optional lists properties that do not exist: {sorted(unknown)}"
+        )
     schema: Schema = {"type": "object"}
     if description:
         schema["description"] = description
@@ -207,7 +209,7 @@ def _status_schemas() -> dict[str, Schema]:
         ),
         "NodeState": enum(
             (s.value for s in PeerState),
-            "Liveness as the answering node sees it; left: the node said goodbye.",
+            "Liveness as the answering node sees it. left: the node said goodbye.",
         ),
     }
 
@@ -488,13 +490,13 @@ def _farm_schemas() -> dict[str, Schema]:
                         "nodes": count_map("NodeState", "Nodes by state."),
                         "jobs": count_map(
                             "JobStatus",
-                            "Jobs by status, every status as a key; empty while"
-                            " the server is unreachable.",
+                            "Jobs by status, every status as a key. It is empty"
+                            " while the server is unreachable.",
                         ),
                         "tasks": count_map(
                             "TaskStatus",
-                            "Tasks by status, every status as a key; empty while"
-                            " the server is unreachable.",
+                            "Tasks by status, every status as a key. It is empty"
+                            " while the server is unreachable.",
                         ),
                         "workers": count_map(None, "Workers by status."),
                     }
@@ -585,6 +587,57 @@ def _blob_schemas() -> dict[str, Schema]:
     }
 
 
+EVENT_SCHEMAS = {
+    "hello": "HelloEvent",
+    "job": "Job",
+    "job_deleted": "JobDeletedEvent",
+    "task": "Task",
+    "tasks": "TasksEvent",
+    "log": "LogEvent",
+    "nodes": "NodeList",
+    "reset": "ResetEvent",
+}
+"""Event name: the component schema of its JSON data."""
+
+
+def _event_schemas() -> dict[str, Schema]:
+    return {
+        "HelloEvent": obj(
+            {"node_id": ref("Id")},
+            description="The first event on every connection: the node that sends.",
+        ),
+        "JobDeletedEvent": obj({"id": ref("Id")}),
+        "TasksEvent": obj(
+            {"job_id": ref("Id"), "count": integer(1)},
+            description="Stands for the task events of many tasks of one job that"
+            " changed at once, such as on submission or requeue. Fetch the job's"
+            " tasks again.",
+        ),
+        "LogEvent": obj(
+            {
+                "job_id": ref("Id"),
+                "task_id": ref("TaskId"),
+                "attempt_id": ref("Id"),
+                "lines": array(
+                    obj(
+                        {
+                            "id": integer(1),
+                            "created": ref("DateTime"),
+                            "line": {"type": "string"},
+                        }
+                    )
+                ),
+            },
+            description="New log lines of one attempt.",
+        ),
+        "ResetEvent": obj(
+            {},
+            description="The node lost track of changes (a new server, or a"
+            " client that fell behind). Fetch again what you show.",
+        ),
+    }
+
+
 def _error_schema() -> Schema:
     codes = [code for code, _description in ERROR_CODES.values()]
     return obj(
@@ -613,6 +666,7 @@ def build_schemas() -> dict[str, Schema]:
         **_task_schemas(),
         **_farm_schemas(),
         **_blob_schemas(),
+        **_event_schemas(),
         "Error": _error_schema(),
     }
 
@@ -643,8 +697,8 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
 def build_parameters() -> dict[str, Schema]:
     """Return the reusable parameters, by name."""
     return {
-        "JobId": _path_id("job_id", "The job's id; an unknown one gets 404."),
-        "TaskId": _path_id("task_id", "The task's id; an unknown one gets 404."),
+        "JobId": _path_id("job_id", "The job's id. An unknown id gets 404."),
+        "TaskId": _path_id("task_id", "The task's id. An unknown id gets 404."),
         "Offset": _query("offset", integer(0, MAX_OFFSET, default=0), "Items to skip."),
     }
 
@@ -775,7 +829,7 @@ def _status_filter(status_schema: str, items: str) -> Schema:
         **_query(
             "status",
             array(ref(status_schema), maxItems=MAX_STATUS_FILTERS),
-            f"Keep {items} in any of these statuses; repeat for more than one.",
+            f"Keep {items} in any of these statuses. Repeat it for more than one.",
         ),
         "style": "form",
         "explode": True,
@@ -852,7 +906,8 @@ def _job_paths() -> dict[str, dict[str, Schema]]:
         },
         "/api/jobs/{job_id}/pause": {
             "post": _job_action(
-                "pauseJob", "Stop handing out the job's tasks; running ones stop."
+                "pauseJob",
+                "Stop handing out the job's tasks and stop the running ones.",
             )
         },
         "/api/jobs/{job_id}/resume": {
@@ -985,6 +1040,38 @@ def _task_paths() -> dict[str, dict[str, Schema]]:
     }
 
 
+def _events_operation() -> Schema:
+    names = ", ".join(f"{event} ({schema})" for event, schema in EVENT_SCHEMAS.items())
+    operation = _operation(
+        "streamEvents",
+        "Stream changes as server-sent events.",
+        "events",
+        {
+            "200": _media(
+                "An endless stream of events. Each event's data is JSON, and"
+                f" x-events names its schema: {names}. A comment line comes"
+                " every 15 seconds.",
+                "text/event-stream",
+                {"type": "string"},
+            )
+        },
+        errors=(400,),
+        parameters=[
+            _query(
+                "job_id",
+                ref("Id"),
+                "Send the task, tasks and log events of this job only.",
+            )
+        ],
+    )
+    # OpenAPI 3.1 cannot describe the data of server-sent events, so this
+    # extension maps each event name to the schema of its data.
+    operation["x-events"] = {
+        event: ref(schema) for event, schema in EVENT_SCHEMAS.items()
+    }
+    return operation
+
+
 def _other_paths() -> dict[str, dict[str, Schema]]:
     return {
         "/api/blobs/missing": {
@@ -1009,7 +1096,7 @@ def _other_paths() -> dict[str, dict[str, Schema]]:
                         "name": "sha256",
                         "in": "path",
                         "required": True,
-                        "description": "The SHA-256 of the body; a mismatch gets 400.",
+                        "description": "The SHA-256 of the body. A mismatch gets 400.",
                         "schema": ref("Sha256"),
                     }
                 ],
@@ -1023,29 +1110,7 @@ def _other_paths() -> dict[str, dict[str, Schema]]:
                 },
             )
         },
-        "/api/events": {
-            "get": _operation(
-                "streamEvents",
-                "Stream changes as server-sent events.",
-                "events",
-                {
-                    "200": _media(
-                        "An endless stream of events: hello, job, job_deleted,"
-                        " task, log, nodes and reset, each with JSON data.",
-                        "text/event-stream",
-                        {"type": "string"},
-                    )
-                },
-                errors=(400,),
-                parameters=[
-                    _query(
-                        "job_id",
-                        ref("Id"),
-                        "Send task and log events of this job only.",
-                    )
-                ],
-            )
-        },
+        "/api/events": {"get": _events_operation()},
         "/api/openapi.json": {
             "get": _operation(
                 "getOpenApiDocument",
@@ -1118,7 +1183,7 @@ def build_document() -> dict[str, Any]:
             "description": "The API that every node of a flamenco-p2p farm serves"
             " on its HTTP port (8888 by default). A node answers about the farm's"
             " members itself and passes the rest to the farm's server. Reads need"
-            " no token; every POST, PUT and DELETE needs the farm token.",
+            " no token, but every POST, PUT and DELETE needs the farm token.",
         },
         "servers": [{"url": "/"}],
         "tags": [
