@@ -258,7 +258,7 @@ BODIES: dict[str, Map] = {
         {
             "task_id": ITEM_ID,
             "attempt_id": Optional(ITEM_ID),
-            "after": Int(0, 2**63),
+            "after": Int(0, 2**53),
             "limit": Int(1, 10_000),
             "tail": Optional(Int(0, 10_000)),
         }
