@@ -277,7 +277,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "failures",
         }
     ),
-    "ports": frozenset({"node", "manager", "server"}),
+    "ports": frozenset({"node", "manager", "server", "http"}),
     "roles": frozenset({"manager", "server", "priority"}),
     "worker": frozenset({"slots"}),
     "render": frozenset({"backend", "python", "blender_path", "allow_scripts"}),

@@ -60,7 +60,7 @@ def test_system_three_hosts_elect_and_render(tmp_path: Path) -> None:
         for index, data_dir in enumerate(dirs):
             lab.popen(index, node_argv(data_dir))
         views = _wait_for_roles(lab, dirs)
-        roles = [v["roles"] for v in views]
+        roles = [(v["farm"]["server"], v["farm"]["managers"]) for v in views]
         assert roles[0] == roles[1] == roles[2]
         holders = {r["role"]: r for n in views[0]["nodes"] for r in n["roles"]}
         assert set(holders) == {"server", "manager:lab"}
@@ -96,8 +96,8 @@ def _wait_for_roles(lab: NetnsLab, dirs: list[Path]) -> list[dict[str, Any]]:
                 for v in views
                 if v is not None
                 and [n["state"] for n in v["nodes"]].count("alive") == 3
-                and v["roles"].get("server")
-                and v["roles"].get("manager:lab")
+                and v["farm"]["server"]
+                and any(m["site"] == "lab" for m in v["farm"]["managers"])
             ]
             if len(complete) == 3:
                 return complete

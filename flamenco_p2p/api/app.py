@@ -45,6 +45,9 @@ MAX_BLOB_BYTES = 4 * 1024**3
 BLOB_CHUNK = 1024 * 1024
 MAX_HASHES = 1000
 FORWARD_TIMEOUT = 15.0
+# An election takes a few seconds; a request waits that long for a new server.
+ELECTION_WAIT = 5.0
+SUMMARY_TIMEOUT = 2.0
 PEER_TIMEOUT = 10.0
 SSE_PING = 15.0
 HELLO_WAIT = 5.0
@@ -207,11 +210,16 @@ class FarmApi:
                     request.remote,
                     "wrong" if given else "no",
                 )
+                problem = (
+                    "the token given is not this farm's"
+                    if given
+                    else "this change needs the farm token"
+                )
                 raise ApiError(
                     401,
                     "unauthorized",
-                    "this change needs the farm token as 'Authorization: Bearer"
-                    " TOKEN'; `flamenco-p2p token` prints it",
+                    f"{problem}; send it as 'Authorization: Bearer TOKEN'."
+                    " `flamenco-p2p token` prints it",
                 )
         return await handler(request)
 
@@ -222,7 +230,7 @@ class FarmApi:
 
     async def _forward(self, op: str, body: dict[str, Any]) -> Any:
         result = await self.node.client.call_server(
-            op, body, timeout=FORWARD_TIMEOUT, wait_for_server=FORWARD_TIMEOUT
+            op, body, timeout=FORWARD_TIMEOUT, wait_for_server=ELECTION_WAIT
         )
         return utc_timestamps(result)
 
@@ -256,8 +264,10 @@ class FarmApi:
 
     async def _summary(self) -> dict[str, Any] | None:
         try:
+            # Short waits: these views are how people find out that the farm
+            # has no server.
             summary: dict[str, Any] = await self.node.client.call_server(
-                "farm_summary", {}, timeout=5.0, wait_for_server=2.0
+                "farm_summary", {}, timeout=SUMMARY_TIMEOUT, wait_for_server=1.0
             )
         except RemoteError as exc:
             logger.debug("farm summary: %s", exc)

@@ -17,7 +17,8 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator
+import os
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -36,7 +37,7 @@ CONNECT_TIMEOUT = 5.0
 
 REQUEST_TIMEOUT = 45.0
 """Seconds for a whole read or change. A node waits up to 15 s for an election
-and 15 s for the server's reply before it answers 503 itself."""
+and 15 s for the server's reply before it returns 503 itself."""
 
 SUBMIT_TIMEOUT = 180.0
 """Seconds for a submission: the server may take 120 s to compile and store a
@@ -330,12 +331,14 @@ class ApiClient:
             logger.info("uploading %s (%d bytes, sha256 %s)", path, size, sha256)
             await self.put_blob(path, sha256)
         else:
-            logger.info("the node already holds %s (sha256 %s)", path, sha256)
+            logger.info("the node already has %s (sha256 %s)", path, sha256)
         return {"sha256": sha256, "size": size, "name": path.name}
 
     # Events ----------------------------------------------------------------
 
-    async def events(self, job_id: str | None = None) -> AsyncIterator[tuple[str, Any]]:
+    async def events(
+        self, job_id: str | None = None
+    ) -> AsyncGenerator[tuple[str, Any], None]:
         """Yield (event, data) from the node's server-sent event stream.
 
         ``data`` is the event's parsed JSON. The first event is always ``hello``.
@@ -362,6 +365,8 @@ class ApiClient:
                         yield event, _parse_event_data(event, text, url)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._unreachable(exc, "GET", url, timeout) from exc
+        except ValueError as exc:
+            raise ApiError(200, "invalid_response", f"{url}: {exc}", url=url) from exc
 
     # Requests --------------------------------------------------------------
 
@@ -512,7 +517,8 @@ class ApiClient:
                 url,
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
-            reason = exc.os_error.strerror or str(exc.os_error) or str(exc)
+            number = exc.os_error.errno
+            reason = os.strerror(number) if number else str(exc.os_error) or str(exc)
             return NodeUnreachable(
                 "unreachable",
                 f"no node is answering at {self.base_url} ({reason.lower()}); start"

@@ -1505,8 +1505,9 @@ class FarmStore:
         named = await _failed_task_names(db, state.job_id, failed)
         job_error = (
             f"{failed} of {total} tasks failed, which reaches job_fail_ratio"
-            f" {ratio:g}: {named}. Task {state.task_name!r} failed {failures} times"
-            f" on {workers} workers, last with: {error}"
+            f" {ratio:g}: {named}. Task {state.task_name!r} failed"
+            f" {_count(failures, 'time')} on {_count(workers, 'worker')}, last"
+            f" with: {error}"
         )
         await self._fail_job(db, state.job_id, state.job_status, job_error)
         await self._cancel_waiting_tasks(db, state.job_id, "job failed")
@@ -2007,6 +2008,10 @@ def _task_row(job_id: str, task: TaskSpec, now: float) -> tuple[Any, ...]:
         _to_json(task.payload),
         now,
     )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _casefold(text: object) -> object:
