@@ -286,6 +286,7 @@ class Node:
             node_port=self.config.node_port,
             roles=roles,
             capabilities=summary[:200],
+            http_port=self.config.http_port,
         )
 
     def _on_sighting(self, sighting: PeerSighting) -> None:

@@ -77,6 +77,23 @@ def test_txt_encoding_keys() -> None:
     }
 
 
+def test_txt_http_port_round_trip() -> None:
+    properties = encode_txt(make_advert(http_port=8888))
+    assert properties["http"] == "8888"
+    sighting = decode_txt(as_wire(properties), ["127.0.0.11"], 7000)
+    assert sighting.http_port == 8888
+    # Adverts of nodes without an HTTP API carry no key, and decode to None.
+    plain = decode_txt(as_wire(encode_txt(make_advert())), ["127.0.0.11"], 7000)
+    assert plain.http_port is None
+
+
+@pytest.mark.parametrize("value", [b"0", b"65536", b"-1", b"88a", b"", b"1e3"])
+def test_decode_txt_rejects_bad_http_port(value: bytes) -> None:
+    wire = as_wire(encode_txt(make_advert())) | {b"http": value}
+    with pytest.raises(ProtocolError, match="'http'"):
+        decode_txt(wire, ["127.0.0.11"], 7000)
+
+
 def test_txt_decode_address_bytes_and_ipv6_skipped() -> None:
     wire = as_wire(encode_txt(make_advert()))
     sighting = decode_txt(wire, ["fe80::1", b"\x0a\x00\x00\x07"], 7000)

@@ -8,6 +8,7 @@ A node's TXT record carries these keys, all values ASCII or UTF-8 text:
     site   site name, free text without control characters
     roles  comma-separated ``role:epoch`` pairs, for example ``manager:3,server:2``
     caps   capability summary, printable ASCII
+    http   port of the node's HTTP API, decimal (absent when it serves none)
 
 The node's address comes from the service's A record and its port from the SRV
 record, so neither is repeated in the TXT record. Unknown keys are ignored, so a
@@ -60,6 +61,7 @@ class Advert:
     roles: Mapping[str, int] = field(hash=False)
     capabilities: str
     protocol: int = PROTOCOL_VERSION
+    http_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class PeerSighting:
     capabilities: str
     protocol: int
     source: str
+    http_port: int | None = None
 
 
 class _InvalidField(Exception):
@@ -97,6 +100,8 @@ def encode_txt(advert: Advert) -> dict[str, str]:
             "roles": _format_roles(advert.roles),
             "caps": _check_capabilities(advert.capabilities),
         }
+        if advert.http_port is not None:
+            properties["http"] = str(_check_port(advert.http_port, "http"))
         _check_address(advert.address)
         _check_port(advert.node_port, "node_port")
     except _InvalidField as error:
@@ -125,11 +130,21 @@ def decode_txt(
             capabilities=_check_capabilities(_text(properties, "caps")),
             protocol=_parse_protocol(_text(properties, "v")),
             source="mdns",
+            http_port=_optional_port(properties, "http"),
         )
     except _InvalidField as error:
         raise ProtocolError(
             f"invalid mDNS advert field {error.key!r}: {error.reason}", field=error.key
         ) from None
+
+
+def _optional_port(properties: Mapping[bytes, bytes | None], key: str) -> int | None:
+    if key.encode() not in properties:
+        return None
+    text = _text(properties, key)
+    if not _DECIMAL.fullmatch(text):
+        raise _InvalidField(key, f"expected a decimal port, got {text[:20]!r}")
+    return _check_port(int(text), key)
 
 
 def _check_address(address: object) -> str:
