@@ -283,6 +283,37 @@ class ClientService:
                 f"settings.blend_name is {name!r}; give the blend file's name,"
                 " ending in .blend"
             )
+        manifest = settings.get("manifest_sha256")
+        if manifest is not None:
+            self._check_manifest(manifest, name)
+
+    def _check_manifest(self, manifest: object, blend_name: str) -> None:
+        """Check that the file list and every file it names are on this node."""
+        from flamenco_p2p.jobs.manifest import MAX_MANIFEST_BYTES, parse_manifest
+
+        if not isinstance(manifest, str) or not _SHA256.fullmatch(manifest):
+            raise InvalidInput(
+                f"settings.manifest_sha256 is {str(manifest)[:80]!r}; give the"
+                " SHA-256 of the job's file list as 64 lowercase hex digits"
+            )
+        if not self.node.blobs.has(manifest):
+            raise InvalidInput(
+                f"settings.manifest_sha256 is {manifest}, which this node does not"
+                " hold; upload the file list first (PUT /api/blobs/SHA256)"
+            )
+        if self.node.blobs.size(manifest) > MAX_MANIFEST_BYTES:
+            raise InvalidInput(
+                f"the file list {manifest} is over {MAX_MANIFEST_BYTES} bytes"
+            )
+        files = parse_manifest(self.node.blobs.path(manifest).read_bytes(), blend_name)
+        missing = [f for f in files if not self.node.blobs.has(f.sha256)]
+        if missing:
+            named = ", ".join(f"{f.path} ({f.sha256[:12]})" for f in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise InvalidInput(
+                f"{len(missing)} files of the job are not on this node: {named}{more};"
+                " upload them first (POST /api/blobs/missing tells which)"
+            )
 
     def _record_submission(self, job_id: str, settings: dict[str, Any]) -> None:
         record = {"output_dir": settings.get("output_dir")}

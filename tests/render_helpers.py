@@ -184,3 +184,73 @@ def render_children(root: Path) -> list[int]:
         if b"runner.py" in cmdline and any(v.startswith(prefix) for v in variables):
             found.append(int(entry.name))
     return found
+
+
+TEXTURED_SCENE_SCRIPT = r"""
+import json
+import sys
+
+settings = json.load(sys.stdin)
+import bpy
+
+bpy.ops.wm.read_factory_settings(use_empty=True)
+scene = bpy.context.scene
+scene.frame_start, scene.frame_end = 1, settings["frames"]
+scene.render.engine = "CYCLES"
+scene.cycles.samples = 1
+scene.cycles.use_denoising = False
+scene.render.resolution_x, scene.render.resolution_y = 32, 18
+scene.render.resolution_percentage = 100
+scene.render.filepath = "//render/frame_####"
+# Standard keeps the texture's green as it is; the default view desaturates it.
+scene.view_settings.view_transform = "Standard"
+bpy.ops.mesh.primitive_plane_add(size=4)
+plane = bpy.context.object
+material = bpy.data.materials.new("Textured")
+material.use_nodes = True
+nodes = material.node_tree.nodes
+links = material.node_tree.links
+nodes.clear()
+image = nodes.new("ShaderNodeTexImage")
+image.image = bpy.data.images.load(settings["texture"], check_existing=False)
+# A relative path, as an artist's project has: the farm must bring the file.
+image.image.filepath = "//" + settings["texture_relative"]
+emission = nodes.new("ShaderNodeEmission")
+output = nodes.new("ShaderNodeOutputMaterial")
+links.new(image.outputs["Color"], emission.inputs["Color"])
+links.new(emission.outputs["Emission"], output.inputs["Surface"])
+plane.data.materials.append(material)
+bpy.ops.object.camera_add(location=(0, 0, 3))
+scene.camera = bpy.context.object
+bpy.ops.wm.save_as_mainfile(filepath=settings["blend"], relative_remap=True)
+"""
+
+
+def make_textured_scene(blend: Path, texture_relative: str, frames: int = 1) -> Path:
+    """Save a scene whose only visible surface shows a solid green image texture.
+
+    The texture is written at texture_relative beside the blend file and named
+    by a relative path, so a render without it shows Blender's magenta.
+    Returns the texture's path.
+    """
+    from PIL import Image
+
+    texture = blend.parent / texture_relative
+    texture.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(texture)
+    settings = {
+        "blend": str(blend),
+        "texture": str(texture),
+        "texture_relative": texture_relative,
+        "frames": frames,
+    }
+    subprocess.run(
+        [sys.executable, "-c", TEXTURED_SCENE_SCRIPT],
+        input=json.dumps(settings),
+        text=True,
+        check=True,
+        env=child_environment(blend.parent / ".blender-scratch"),
+        timeout=120,
+        capture_output=True,
+    )
+    return texture

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from farm import LocalFarm
 from PIL import Image
+from render_helpers import make_textured_scene
 
 from flamenco_p2p.render.demo_scene import make_demo_scene
 from flamenco_p2p.submission import build_render_job
@@ -375,3 +376,57 @@ async def test_farm_and_nodes_views(http: Api, farm: LocalFarm) -> None:
     assert status == 200 and b"<html" in page.lower()
     status, doc = await http.call("GET", "/api/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
+
+
+async def test_packed_job_brings_its_texture(http: Api, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    blend = project / "shot.blend"
+    texture = make_textured_scene(blend, "tex/green.png")
+    # The texture moves away: only the farm's copy of it can reach the render.
+    packed = texture.read_bytes()
+    texture.unlink()
+    sources = {"tex/green.png": packed, blend.name: blend.read_bytes()}
+    hashes = {path: hashlib.sha256(data).hexdigest() for path, data in sources.items()}
+    document = {
+        "version": 1,
+        "files": [
+            {
+                "path": "tex/green.png",
+                "sha256": hashes["tex/green.png"],
+                "size": len(packed),
+            }
+        ],
+    }
+    manifest = json.dumps(document).encode()
+    manifest_sha = hashlib.sha256(manifest).hexdigest()
+    for sha256, data in [(hashes[p], d) for p, d in sources.items()] + [
+        (manifest_sha, manifest)
+    ]:
+        status, reply = await http.call("PUT", f"/api/blobs/{sha256}", data=data)
+        assert status == 201, reply
+    job, _warnings = build_render_job(
+        blend=blend,
+        frames="1",
+        chunk=1,
+        output=str(tmp_path / "out" / "frame_####"),
+        cwd=tmp_path,
+    )
+    job["settings"] |= {
+        "blend_sha256": hashes[blend.name],
+        "blend_name": blend.name,
+        "manifest_sha256": "3" * 64,
+    }
+    status, reply = await http.call("POST", "/api/jobs", job)
+    assert status == 400 and "upload the file list first" in reply["error"]["message"]
+    job["settings"]["manifest_sha256"] = manifest_sha
+    status, reply = await http.call("POST", "/api/jobs", job)
+    assert status == 201, reply
+    finished = await http.wait_status(reply["job"]["id"], {"completed", "failed"}, 180)
+    assert finished["status"] == "completed", finished
+    with Image.open(tmp_path / "out" / "frame_0001.png") as frame:
+        pixel = frame.convert("RGB").getpixel((16, 9))
+    assert isinstance(pixel, tuple)
+    red, green, blue = pixel[:3]
+    # Blender shows a missing texture in magenta.
+    assert green > 200 and red < 60 and blue < 60, (red, green, blue)

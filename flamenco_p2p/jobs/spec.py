@@ -44,6 +44,7 @@ _RENDER_KEYS = frozenset(
         "blend_sha256",
         "blend_size",
         "blend_name",
+        "manifest_sha256",
         "frames",
         "chunk_size",
         "output_dir",
@@ -238,7 +239,16 @@ def _render_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
             f"of at most {MAX_SPEC_LENGTH} characters"
         )
     output_name = _require_str(settings.get("output_name", ""), "settings.output_name")
-    return {
+    extra: dict[str, Any] = {}
+    if settings.get("manifest_sha256") is not None:
+        manifest = _require_str(settings["manifest_sha256"], "settings.manifest_sha256")
+        if not _SHA256.fullmatch(manifest):
+            raise InvalidInput(
+                f"settings.manifest_sha256 is {manifest[:80]!r}; give the 64 hex"
+                " digit SHA-256 of the job's file list"
+            )
+        extra["manifest_sha256"] = manifest
+    return extra | {
         "blend_sha256": sha256.lower(),
         "blend_size": _require_int(
             settings.get("blend_size"), "settings.blend_size", 1

@@ -25,6 +25,7 @@ import zmq.asyncio
 from flamenco_p2p.background import BackgroundTasks
 from flamenco_p2p.blobs import CHUNK_SIZE, BlobStore
 from flamenco_p2p.errors import BlobError, FarmUnavailable, RenderError
+from flamenco_p2p.jobs.manifest import JobFile, parse_manifest
 from flamenco_p2p.protocol.messages import Message
 from flamenco_p2p.render.controller import (
     FrameOutput,
@@ -551,14 +552,7 @@ class WorkerAgent:
     async def _ensure_blend(self, assignment: dict[str, Any]) -> Path:
         settings = assignment["settings"]
         sha256 = settings["blend_sha256"]
-        if not self.blobs.has(sha256):
-            link = self.manager
-            if link is None:
-                raise FarmUnavailable("no manager to fetch the blend file from")
-            extra = {"submitter": assignment["submitter_node"]}
-            await fetch_blob(
-                self.ctx, self.node_id, [link.endpoint], self.blobs, sha256, extra
-            )
+        await self._fetch(assignment, sha256)
         # Blender picks the output format and resolves "//" against the file's own
         # folder, so each job gets a folder with the file under its original name.
         folder = self.scratch / "jobs" / assignment["job_id"]
@@ -570,7 +564,39 @@ class WorkerAgent:
             tmp = target.with_name(target.name + ".tmp")
             shutil.copyfile(self.blobs.path(sha256), tmp)
             tmp.replace(target)
+        manifest = settings.get("manifest_sha256")
+        if manifest:
+            await self._ensure_files(assignment, manifest, folder, target.name)
         return target
+
+    async def _ensure_files(
+        self, assignment: dict[str, Any], manifest: str, folder: Path, blend: str
+    ) -> None:
+        """Lay out the job's other files (textures, libraries) around the blend."""
+        done = folder / f".files-{manifest[:16]}"
+        if done.exists():
+            return
+        await self._fetch(assignment, manifest)
+        data = await asyncio.to_thread(self.blobs.path(manifest).read_bytes)
+        files = parse_manifest(data, blend)
+        for job_file in files:
+            await self._fetch(assignment, job_file.sha256)
+        await asyncio.to_thread(_place_files, self.blobs, folder, files)
+        done.touch()
+        logger.info(
+            "job %s: %d files placed beside %s", assignment["job_id"], len(files), blend
+        )
+
+    async def _fetch(self, assignment: dict[str, Any], sha256: str) -> None:
+        if self.blobs.has(sha256):
+            return
+        link = self.manager
+        if link is None:
+            raise FarmUnavailable(f"no manager to fetch blob {sha256} from")
+        extra = {"submitter": assignment["submitter_node"]}
+        await fetch_blob(
+            self.ctx, self.node_id, [link.endpoint], self.blobs, sha256, extra
+        )
 
     async def _deliver(
         self, assignment: dict[str, Any], frames: list[FrameOutput]
@@ -965,6 +991,21 @@ def _required_device(worker: dict[str, Any], overrides: dict[str, Any]) -> str |
         return None
     gpu_types = worker["capabilities"]["gpu_types"]
     return str(gpu_types[0]) if gpu_types else "CUDA"
+
+
+def _place_files(blobs: BlobStore, folder: Path, files: list[JobFile]) -> None:
+    """Copy each file from the blob store to its path under folder."""
+    root = folder.resolve()
+    for job_file in files:
+        target = (folder / job_file.path).resolve()
+        # The manifest's paths are checked already; this guards against a link
+        # left in the folder by an earlier job file.
+        if not target.is_relative_to(root):
+            raise RenderError(f"job file {job_file.path!r} would land outside {folder}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        shutil.copyfile(blobs.path(job_file.sha256), tmp)
+        tmp.replace(target)
 
 
 def _safe_blend_name(name: str) -> str:
