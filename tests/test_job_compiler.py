@@ -172,6 +172,9 @@ def test_job_spec_settings_copied() -> None:
         ({"overrides": {"allow_scripts": True}}, "allow_scripts"),
         ({"allow_scripts": True}, "allow_scripts"),
         ({"overrides": []}, "settings.overrides"),
+        ({"blender_version": "5"}, "settings.blender_version"),
+        ({"blender_version": "5.0.1 LTS"}, "settings.blender_version"),
+        ({"blender_version": 5.0}, "settings.blender_version"),
     ],
 )
 def test_job_spec_rejects_bad_render_setting(
@@ -180,6 +183,13 @@ def test_job_spec_rejects_bad_render_setting(
     with pytest.raises(InvalidInput) as caught:
         render_spec(**changes)
     assert field in str(caught.value)
+
+
+def test_job_spec_keeps_blender_version() -> None:
+    spec = render_spec(blender_version="5.0.1")
+    assert spec.settings["blender_version"] == "5.0.1"
+    assert JobSpec.from_dict(spec.to_dict()) == spec
+    assert "blender_version" not in render_spec().settings
 
 
 def test_job_spec_accepts_windows_output_dir() -> None:

@@ -290,6 +290,18 @@ def _settings_schemas() -> dict[str, Schema]:
                     "maxLength": MAX_SPEC_LENGTH,
                     "description": "A frame spec such as 1-250 or 1,3,5-9x2.",
                 },
+                "manifest_sha256": {
+                    **ref("Sha256"),
+                    "description": "The blob that lists the job's other files"
+                    " (textures, libraries, caches) with their paths and hashes."
+                    " Upload it and every file it lists first.",
+                },
+                "blender_version": {
+                    "type": "string",
+                    "pattern": "^\\d{1,3}\\.\\d{1,3}(\\.\\d{1,3})?$",
+                    "description": "The Blender version that saved the blend file,"
+                    " such as 5.0.1.",
+                },
                 "chunk_size": integer(1, MAX_CHUNK_SIZE, default=1),
                 "output_dir": {
                     "type": "string",
@@ -304,7 +316,13 @@ def _settings_schemas() -> dict[str, Schema]:
                 },
                 "overrides": {**ref("RenderOverrides"), "default": {}},
             },
-            optional=("chunk_size", "output_name", "overrides"),
+            optional=(
+                "manifest_sha256",
+                "blender_version",
+                "chunk_size",
+                "output_name",
+                "overrides",
+            ),
             description="Settings of a blender-render job. The node that takes"
             " the submission must hold the blend file, so upload it there first"
             " (PUT /api/blobs/{sha256}). That node sets blend_size itself.",

@@ -45,6 +45,7 @@ _RENDER_KEYS = frozenset(
         "blend_size",
         "blend_name",
         "manifest_sha256",
+        "blender_version",
         "frames",
         "chunk_size",
         "output_dir",
@@ -248,6 +249,12 @@ def _render_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
                 " digit SHA-256 of the job's file list"
             )
         extra["manifest_sha256"] = manifest
+    # The Blender version that saved the file, recorded for matching workers.
+    # NOTE: the scheduler does not compare it with workers' versions yet.
+    if settings.get("blender_version") is not None:
+        version = _require_str(settings["blender_version"], "settings.blender_version")
+        parse_blender_version(version, "settings.blender_version")
+        extra["blender_version"] = version
     return extra | {
         "blend_sha256": sha256.lower(),
         "blend_size": _require_int(
