@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_token(commands)
     _add_dashboard(commands)
     _add_demo(commands)
+    _add_addon(commands)
     return parser
 
 
@@ -584,7 +585,52 @@ def _add_demo(commands: Any) -> None:
     demo.set_defaults(handler=_demo)
 
 
+def _add_addon(commands: Any) -> None:
+    addon = commands.add_parser(
+        "addon",
+        formatter_class=HelpFormatter,
+        help="build the Blender add-on that finds the farm and submits jobs",
+    )
+    actions = addon.add_subparsers(dest="addon_command", metavar="ACTION")
+    actions.required = True
+    build = actions.add_parser(
+        "build",
+        formatter_class=HelpFormatter,
+        help="write the extension zip, with the wheels it needs, for Blender 4.2+",
+    )
+    build.add_argument(
+        "--output",
+        default=None,
+        help="zip file or folder to write (default:"
+        " flamenco_p2p_submit-VERSION.zip here)",
+    )
+    build.add_argument(
+        "--wheels",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="take the wheels from this folder and download nothing (default:"
+        " download once into the user cache folder)",
+    )
+    build.set_defaults(handler=_addon_build)
+
+
 # Commands ----------------------------------------------------------------------
+
+
+def _addon_build(args: argparse.Namespace) -> int:
+    from flamenco_p2p.addon_build import build_addon
+
+    logging.basicConfig(level=logging.INFO, format="flamenco-p2p: %(message)s")
+    output = Path(args.output) if args.output else None
+    if output is not None and args.output.endswith(("/", os.sep)):
+        output.mkdir(parents=True, exist_ok=True)
+    path = build_addon(output, args.wheels)
+    print(
+        f"wrote {path}; install it in Blender with Edit > Preferences > Get"
+        " Extensions > Install from Disk"
+    )
+    return 0
 
 
 def _init(args: argparse.Namespace) -> int:
