@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def read_manifest(source: Path = ADDON_SOURCE) -> dict[str, object]:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
 
 
-def manifest_wheels(manifest: dict[str, object]) -> list[Wheel]:
+def manifest_wheels(manifest: Mapping[str, object]) -> list[Wheel]:
     """Return the wheels the manifest lists, each with a pinned hash."""
     listed = manifest.get("wheels", [])
     if not isinstance(listed, list):
@@ -144,6 +145,11 @@ def collect_wheels(
     With wheel_dir, nothing is downloaded. Raises ConfigError naming each wheel
     that is missing or damaged, with the fix.
     """
+    if wheel_dir is not None and not wheel_dir.is_dir():
+        raise ConfigError(
+            f"the wheel folder {wheel_dir} does not exist; give the folder that"
+            " contains the wheels listed in the add-on's blender_manifest.toml"
+        )
     folder = wheel_dir if wheel_dir is not None else cache or default_wheel_cache()
     folder.mkdir(parents=True, exist_ok=True)
     found: dict[str, Path] = {}
@@ -210,6 +216,11 @@ def _download(wheel: Wheel, folder: Path) -> str | None:
         detail = errors[-1] if errors else completed.stderr.strip()[-300:]
         return f"{wheel.file_name}: pip download failed ({detail})"
     return None
+
+
+def fetch_wheels(source: Path = ADDON_SOURCE) -> dict[str, Path]:
+    """Download the manifest's wheels into the user cache; raises ConfigError."""
+    return collect_wheels(manifest_wheels(read_manifest(source)), None)
 
 
 def build_addon(
