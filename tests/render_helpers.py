@@ -254,3 +254,66 @@ def make_textured_scene(blend: Path, texture_relative: str, frames: int = 1) -> 
         capture_output=True,
     )
     return texture
+
+
+LIBRARY_SCRIPT = r"""
+import json
+import sys
+
+settings = json.load(sys.stdin)
+import bpy
+
+# The library: one blue cube in a collection named Props.
+bpy.ops.wm.read_factory_settings(use_empty=True)
+props = bpy.data.collections.new("Props")
+bpy.context.scene.collection.children.link(props)
+bpy.ops.mesh.primitive_cube_add(size=0.5, location=(0.7, 0.0, 0.5))
+cube = bpy.context.object
+for collection in cube.users_collection:
+    collection.objects.unlink(cube)
+props.objects.link(cube)
+material = bpy.data.materials.new("Blue")
+material.use_nodes = True
+nodes = material.node_tree.nodes
+nodes.clear()
+emission = nodes.new("ShaderNodeEmission")
+emission.inputs["Color"].default_value = (0.0, 0.0, 1.0, 1.0)
+output = nodes.new("ShaderNodeOutputMaterial")
+material.node_tree.links.new(emission.outputs["Emission"], output.inputs["Surface"])
+cube.data.materials.append(material)
+bpy.ops.wm.save_as_mainfile(filepath=settings["library"])
+
+# The shot links the collection by a relative path and shows it.
+bpy.ops.wm.open_mainfile(filepath=settings["blend"])
+with bpy.data.libraries.load(settings["library"], link=True, relative=True) as (
+    source,
+    target,
+):
+    target.collections = ["Props"]
+instance = bpy.data.objects.new("Props", None)
+instance.instance_type = "COLLECTION"
+instance.instance_collection = target.collections[0]
+bpy.context.scene.collection.objects.link(instance)
+bpy.ops.wm.save_mainfile()
+"""
+
+
+def add_linked_library(blend: Path, library_relative: str) -> Path:
+    """Save a library with a blue cube beside blend and link it into the scene.
+
+    The cube sits right of the centre of make_textured_scene's camera view, and
+    the shot names the library by a relative path. Returns the library's path.
+    """
+    library = blend.parent / library_relative
+    library.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"blend": str(blend), "library": str(library)}
+    subprocess.run(
+        [sys.executable, "-c", LIBRARY_SCRIPT],
+        input=json.dumps(settings),
+        text=True,
+        check=True,
+        env=child_environment(blend.parent / ".blender-scratch"),
+        timeout=120,
+        capture_output=True,
+    )
+    return library

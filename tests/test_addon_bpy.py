@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from farm import LocalFarm
 from PIL import Image
-from render_helpers import make_textured_scene
+from render_helpers import add_linked_library, make_textured_scene
 
 from flamenco_p2p.addon_build import build_addon
 from flamenco_p2p.farmkey import load_farm_key
@@ -36,47 +36,6 @@ ADDON_ID = "flamenco_p2p_submit"
 TEXTURE_PIXEL = (6, 9)
 LIBRARY_PIXEL = (27, 9)
 UPLOAD_LOG = re.compile(r"blob ([0-9a-f]{64}) \((\d+) bytes\) uploaded from")
-
-LIBRARY_SCRIPT = r"""
-import json
-import sys
-
-settings = json.load(sys.stdin)
-import bpy
-
-# The library: one blue cube in a collection named Props.
-bpy.ops.wm.read_factory_settings(use_empty=True)
-props = bpy.data.collections.new("Props")
-bpy.context.scene.collection.children.link(props)
-bpy.ops.mesh.primitive_cube_add(size=0.5, location=(0.7, 0.0, 0.5))
-cube = bpy.context.object
-for collection in cube.users_collection:
-    collection.objects.unlink(cube)
-props.objects.link(cube)
-material = bpy.data.materials.new("Blue")
-material.use_nodes = True
-nodes = material.node_tree.nodes
-nodes.clear()
-emission = nodes.new("ShaderNodeEmission")
-emission.inputs["Color"].default_value = (0.0, 0.0, 1.0, 1.0)
-output = nodes.new("ShaderNodeOutputMaterial")
-material.node_tree.links.new(emission.outputs["Emission"], output.inputs["Surface"])
-cube.data.materials.append(material)
-bpy.ops.wm.save_as_mainfile(filepath=settings["library"])
-
-# The shot links the collection by a relative path and shows it.
-bpy.ops.wm.open_mainfile(filepath=settings["blend"])
-with bpy.data.libraries.load(settings["library"], link=True, relative=True) as (
-    source,
-    target,
-):
-    target.collections = ["Props"]
-instance = bpy.data.objects.new("Props", None)
-instance.instance_type = "COLLECTION"
-instance.instance_collection = target.collections[0]
-bpy.context.scene.collection.objects.link(instance)
-bpy.ops.wm.save_mainfile()
-"""
 
 DRIVER_SCRIPT = r"""
 import json
@@ -107,11 +66,21 @@ for path in local:
     sys.path.remove(path)
     sys.path.insert(0, path)
 package = "bl_ext.user_default." + settings["addon_id"]
+installed = hasattr(bpy.types, "FLAMENCO_P2P_OT_submit")
+# Disabling and enabling again must unregister cleanly and reload the modules.
+first_class = sys.modules[package + ".operators"].FLAMENCO_P2P_OT_submit
+bpy.ops.preferences.addon_disable(module=package)
+disabled = hasattr(bpy.types, "FLAMENCO_P2P_OT_submit")
+bpy.ops.preferences.addon_enable(module=package)
 record(
     "install",
     status=sorted(status),
+    installed=installed,
+    disabled=disabled,
     operator=hasattr(bpy.types, "FLAMENCO_P2P_OT_submit"),
     panel=hasattr(bpy.types, "FLAMENCO_P2P_PT_submit"),
+    reloaded=sys.modules[package + ".operators"].FLAMENCO_P2P_OT_submit
+    is not first_class,
     local=local,
 )
 bpy.ops.wm.open_mainfile(filepath=settings["blend"])
@@ -213,20 +182,9 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFarm]:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = tmp_path_factory.mktemp("project")
-    blend = project / "shot.blend"
+    blend = tmp_path_factory.mktemp("project") / "shot.blend"
     make_textured_scene(blend, "tex/green.png", frames=2)
-    settings = {"blend": str(blend), "library": str(project / "lib" / "props.blend")}
-    (project / "lib").mkdir()
-    subprocess.run(
-        [sys.executable, "-c", LIBRARY_SCRIPT],
-        input=json.dumps(settings),
-        text=True,
-        check=True,
-        env=child_environment(project.parent / f"{project.name}-scratch"),
-        timeout=120,
-        capture_output=True,
-    )
+    add_linked_library(blend, "lib/props.blend")
     return blend
 
 
@@ -325,8 +283,11 @@ def test_addon_submits_scene_found_by_mdns(
     records, log = drive_addon(addon_zip, scene, farm, tmp_path / "first", steps)
     install = step(records, "install")
     assert install["status"] == ["FINISHED"], log
+    assert install["installed"], log
+    assert not install["disabled"], log
     assert install["operator"], log
     assert install["panel"], log
+    assert install["reloaded"], log
     key = load_farm_key(farm.nodes[0].data_dir)
     assert step(records, "join")["farm_id"] == key.farm_id
     assert step(records, "join")["token"] == key.api_token
