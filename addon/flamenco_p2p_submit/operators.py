@@ -42,9 +42,7 @@ class TargetError(Exception):
     """No farm node to submit to; the message names where the add-on looked."""
 
 
-def resolve_target(
-    prefs: Any, progress: Progress | None = None, browse_if_unset: bool = True
-) -> Target:
+def resolve_target(prefs: Any, progress: Progress | None = None) -> Target:
     """Pick the node from the typed address, the chosen farm, or a new search."""
     typed = prefs.node_address.strip()
     if typed:
@@ -54,8 +52,6 @@ def resolve_target(
             raise TargetError(f"Node Address: {error}") from None
     if prefs.farm_url:
         return Target(prefs.farm_url, "the farm chosen from the mDNS search")
-    if not browse_if_unset:
-        raise TargetError("no farm chosen; press Find Farms or type a node address")
     interfaces = parse_interfaces(prefs)
     if progress is not None:
         progress.update("Searching for the farm over mDNS")
@@ -151,17 +147,28 @@ class _BackgroundOperator(bpy.types.Operator):
             return {"PASS_THROUGH"}
         context.window_manager.event_timer_remove(self._timer)
         _status(context, None)
-        return self.finish(context, task)
+        return self.finish_reporting_bugs(context, task)
 
     def finish(self, context: bpy.types.Context, task: BackgroundTask[Any]) -> set[str]:
         raise NotImplementedError
+
+    def finish_reporting_bugs(
+        self, context: bpy.types.Context, task: BackgroundTask[Any]
+    ) -> set[str]:
+        """Call finish(), turning an unexpected exception into an error report."""
+        try:
+            return self.finish(context, task)
+        except Exception as error:
+            logger.exception("%s failed", task.name)
+            self.report({"ERROR"}, f"{task.name} failed unexpectedly: {error!r}")
+            return {"CANCELLED"}
 
     def run_blocking(
         self, context: bpy.types.Context, name: str, work: Callable[[Progress], Any]
     ) -> set[str]:
         task = BackgroundTask(name, work, Progress())
         task.run_here()
-        return self.finish(context, task)
+        return self.finish_reporting_bugs(context, task)
 
 
 class FLAMENCO_P2P_OT_find_farms(_BackgroundOperator):

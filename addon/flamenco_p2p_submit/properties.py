@@ -57,6 +57,8 @@ class FLAMENCO_P2P_SubmitSettings(bpy.types.PropertyGroup):
         name="Frames",
         description="Frames to render, such as 1-250, 1-100x2 or 1,5,10-20;"
         " empty renders the scene's frame range",
+        # Updates the value, and so the panel's frame count, at each keystroke.
+        options={"TEXTEDIT_UPDATE"},
     )
     chunk_size: bpy.props.IntProperty(
         name="Chunk Size",
