@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logs(commands)
     _add_token(commands)
     _add_dashboard(commands)
+    _add_console(commands)
     _add_demo(commands)
     _add_addon(commands)
     return parser
@@ -173,8 +174,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _api_options(parser: argparse.ArgumentParser, json_help: str) -> None:
-    """Add the options of every command that talks to a node's HTTP API."""
+def _api_options(parser: argparse.ArgumentParser, json_help: str | None) -> None:
+    """Add the options of every command that talks to a node's HTTP API.
+
+    A command without JSON output passes json_help=None and gets no --json.
+    """
     _common(parser)
     parser.add_argument(
         "--node",
@@ -191,7 +195,8 @@ def _api_options(parser: argparse.ArgumentParser, json_help: str) -> None:
         help="farm token for changes (default: from the farm key in --data-dir,"
         f" else the environment variable {TOKEN_ENV})",
     )
-    parser.add_argument("--json", action="store_true", help=json_help)
+    if json_help is not None:
+        parser.add_argument("--json", action="store_true", help=json_help)
     parser.set_defaults(uses_api=True)
 
 
@@ -561,6 +566,17 @@ def _add_dashboard(commands: Any) -> None:
     )
     _api_options(dashboard, 'print {"url"} as JSON')
     dashboard.set_defaults(handler=_dashboard)
+
+
+def _add_console(commands: Any) -> None:
+    console = commands.add_parser(
+        "console",
+        formatter_class=HelpFormatter,
+        help="watch and steer the farm in a terminal application; without a"
+        " farm token it is read-only",
+    )
+    _api_options(console, None)
+    console.set_defaults(handler=_console)
 
 
 def _add_demo(commands: Any) -> None:
@@ -1631,6 +1647,13 @@ def _dashboard(args: argparse.Namespace) -> int:
     else:
         print(url)
     return 0
+
+
+def _console(args: argparse.Namespace) -> int:
+    from flamenco_p2p.console import run_console
+
+    target = api_target(args)
+    return run_console(target.url, target.token)
 
 
 # Text for people ---------------------------------------------------------------
