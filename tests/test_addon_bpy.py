@@ -25,7 +25,7 @@ from PIL import Image
 from render_helpers import add_linked_library, make_textured_scene
 
 from flamenco_p2p.addon_build import build_addon
-from flamenco_p2p.farmkey import load_farm_key
+from flamenco_p2p.farmkey import load_farm_key, new_farm_key
 from flamenco_p2p.render.controller import child_environment
 
 pytestmark = [pytest.mark.render, pytest.mark.slow]
@@ -126,6 +126,10 @@ for step in settings["steps"]:
             if farm.farm_id == prefs.farm_id:
                 bpy.ops.flamenco_p2p.use_farm(index=index)
         record(kind, farms=farms, farm_url=prefs.farm_url, **result)
+    elif kind == "join":
+        bpy.ops.flamenco_p2p.join(code=step["code"])
+        prefs.farm_url = ""
+        record(kind, farm=prefs.farm_name)
     elif kind == "submit":
         prefs.node_address = step.get("node_address", "")
         scene.flamenco_p2p.include_unsaved = step.get("include_unsaved", True)
@@ -393,6 +397,8 @@ def test_addon_reports_missing_and_unreachable(
             "node_address": f"127.0.0.1:{port}",
             "arguments": {"allow_missing": True},
         },
+        {"kind": "join", "code": new_farm_key("elsewhere").invite_code()},
+        {"kind": "submit", "arguments": {"allow_missing": True}},
     ]
     records, log = drive_addon(addon_zip, blend, farm, tmp_path / "missing", steps)
     missing = step(records, "submit", 0)
@@ -408,4 +414,12 @@ def test_addon_reports_missing_and_unreachable(
     assert f"http://127.0.0.1:{port}" in error
     assert "typed node address" in error
     assert "firewall" in error
+
+    # A farm that mDNS does not find: the report names the search.
+    assert step(records, "join", 1)["farm"] == "elsewhere"
+    not_found = step(records, "submit", 2)
+    assert not_found["outcome"] == ["ERROR"], log
+    assert "no node of farm 'elsewhere'" in not_found["error"]
+    assert "interface 127.0.0.1" in not_found["error"]
+    assert "type a node's address" in not_found["error"]
     assert job_total(farm) == jobs_before

@@ -134,14 +134,21 @@ def browse(
     the calling thread. Raises DiscoveryError when zeroconf cannot start, with
     the fix in the message.
     """
-    from zeroconf import (
-        DNSQuestionType,
-        InterfaceChoice,
-        IPVersion,
-        ServiceBrowser,
-        ServiceStateChange,
-        Zeroconf,
-    )
+    try:
+        from zeroconf import (
+            DNSQuestionType,
+            InterfaceChoice,
+            IPVersion,
+            ServiceBrowser,
+            ServiceStateChange,
+            Zeroconf,
+        )
+    except ImportError as error:
+        raise DiscoveryError(
+            f"cannot search over mDNS: zeroconf is not installed ({error}); the"
+            " add-on bundles it for Linux x64, Windows x64 and macOS, so on other"
+            " platforms type a node's address in the add-on preferences"
+        ) from error
 
     names: dict[str, None] = {}
     lock = threading.Lock()
