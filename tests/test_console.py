@@ -23,7 +23,7 @@ from test_console_snapshots import FixedFarm
 from textual import events
 from textual.logging import TextualHandler
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Log
+from textual.widgets import DataTable, Log, Static
 
 from flamenco_p2p.api.client import ApiClient
 from flamenco_p2p.cli import api_target, build_parser
@@ -410,6 +410,45 @@ async def test_task_log_follows_live(farm: LocalFarm, api: ApiClient) -> None:
                 f"the log never showed the task's last line: {log_text()!r}",
             )
             assert log_text().count("sleeping 4 s on") == 1
+
+
+async def test_jobs_screen_sorts_and_filters() -> None:
+    app = ConsoleApp(FixedFarm())
+    async with app.run_test(size=SIZE) as pilot:
+        await asyncio.wait_for(app.loaded.wait(), 10)
+        await pilot.press("2")
+        screen = app.screen
+        assert isinstance(screen, JobsScreen)
+        table = screen.table
+
+        def column(name: str) -> list[str]:
+            return [table.cell_text(key, name) for key in table.visible_keys()]
+
+        await pilot.press("s")
+        assert screen.filter.order == "priority"
+        priorities = [int(text) for text in column("priority")]
+        assert len(priorities) == 6
+        assert priorities == sorted(priorities, reverse=True)
+        await pilot.press("S")
+        assert [int(text) for text in column("priority")] == sorted(priorities)
+
+        await pilot.press("f")
+        assert screen.filter.status == "unfinished"
+        statuses = column("status")
+        assert sorted(statuses) == ["active", "paused", "queued"]
+
+        await pilot.press("slash", *"smoke")
+        await until(pilot, lambda: len(table.keys) == 0, 5, "smoke still listed")
+        await pilot.press(*["backspace"] * 5, *"shot", "enter")
+        await until(
+            pilot,
+            # Still by priority, lowest first: 50, then 70.
+            lambda: column("name") == ["shot-020 \u00e9clairage", "shot-010 lighting"],
+            5,
+            f"the find field did not list the unfinished shots: {column('name')}",
+        )
+        summary = str(screen.query_one("#jobs-summary", Static).render())
+        assert summary.startswith("2 of 6 jobs")
 
 
 async def test_log_records_stay_off_the_terminal() -> None:
