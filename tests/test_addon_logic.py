@@ -10,11 +10,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import http.server
 import json
 import socket
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from flamenco_p2p_submit import (
@@ -454,3 +455,50 @@ def test_manifest_toml_lists_every_module() -> None:
         if path.stem != "__init__":
             assert f'"{path.stem}"' in init, f"{path.stem} is not reloaded"
     assert json.dumps(manifest)
+
+
+class _BlobSink(http.server.BaseHTTPRequestHandler):
+    """Accepts PUT bodies like a node's blob store, keeping only their sizes."""
+
+    received: ClassVar[list[int]] = []
+
+    def do_PUT(self) -> None:
+        length = int(self.headers["Content-Length"])
+        body = self.rfile.read(length)
+        self.received.append(len(body))
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"sha256": "x", "size": 0}')
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def test_upload_stops_on_cancel(tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"x" * 4_000_000)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BlobSink)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        client = api.FarmClient(url, "token", timeout=5)
+        sent = client.put_blob(path, "ab" * 32)
+        assert sent == 4_000_000
+        assert _BlobSink.received == [4_000_000]
+        cancel = threading.Event()
+        progress: list[int] = []
+
+        def on_bytes(count: int) -> None:
+            progress.append(count)
+            cancel.set()
+
+        with pytest.raises(Cancelled):
+            client.put_blob(path, "ab" * 32, on_bytes, cancel)
+        assert len(progress) == 1
+        assert sum(progress) < 4_000_000
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
