@@ -281,7 +281,13 @@ class FLAMENCO_P2P_OT_submit(_BackgroundOperator):
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         if self.allow_missing or not bpy.data.filepath:
             return self.execute(context)
-        missing = find_missing_files(Path(bpy.data.filepath))
+        original = Path(bpy.data.filepath)
+        blend = file_to_pack(context.scene)
+        try:
+            missing = find_missing_files(blend, original.parent)
+        finally:
+            if blend != original:
+                blend.unlink(missing_ok=True)
         if not missing:
             return self.execute(context)
         context.window_manager.flamenco_p2p.missing_files = "\n".join(
@@ -346,13 +352,7 @@ class FLAMENCO_P2P_OT_submit(_BackgroundOperator):
             )
         options = job_options(context.scene)
         original = Path(bpy.data.filepath)
-        blend = original
-        if context.scene.flamenco_p2p.include_unsaved and bpy.data.is_dirty:
-            # Saved beside the original, so relative paths resolve the same.
-            blend = original.with_name(f".{original.stem}.flamenco-p2p.blend")
-            bpy.ops.wm.save_as_mainfile(
-                filepath=str(blend), copy=True, check_existing=False, compress=True
-            )
+        blend = file_to_pack(context.scene)
         return submission.SubmitRequest(
             blend=blend,
             blend_name=original.name,
@@ -435,6 +435,21 @@ class _PrefsSnapshot:
             prefs.mdns_interfaces,
             prefs.browse_seconds,
         )
+
+
+def file_to_pack(scene: bpy.types.Scene) -> Path:
+    """Return the saved file, or a copy with the unsaved changes saved beside it.
+
+    The copy sits in the same folder, so its relative paths resolve the same.
+    """
+    original = Path(bpy.data.filepath)
+    if not (scene.flamenco_p2p.include_unsaved and bpy.data.is_dirty):
+        return original
+    copy = original.with_name(f".{original.stem}.flamenco-p2p.blend")
+    bpy.ops.wm.save_as_mainfile(
+        filepath=str(copy), copy=True, check_existing=False, compress=True
+    )
+    return copy
 
 
 def job_options(scene: bpy.types.Scene) -> submission.JobOptions:
