@@ -393,6 +393,8 @@ def test_built_job_passes_farm_validation() -> None:
     assert spec.settings["blender_version"] == "5.0.1"
     assert spec.settings["overrides"] == {"device": "GPU"}
     assert spec.requirements.gpu == "require"
+    # Workers older than the Blender that saved the file do not get the job.
+    assert spec.requirements.min_blender == "5.0"
     bad = submission.build_job(
         dataclasses.replace(options, blender_version="five"), "ab" * 32, "a.blend", None
     )
@@ -502,3 +504,17 @@ def test_upload_stops_on_cancel(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("saved_by", "oldest"),
+    [
+        ("5.0.1", "5.0"),
+        ("4.2", "4.2"),
+        ("10.11.3", "10.11"),
+        ("5", None),
+        ("five", None),
+    ],
+)
+def test_oldest_blender_of_saving_version(saved_by: str, oldest: str | None) -> None:
+    assert submission.oldest_blender(saved_by) == oldest

@@ -102,8 +102,26 @@ def build_job(
         "job_type": "blender-render",
         "priority": options.priority,
         "settings": settings,
-        "requirements": {"gpu": options.gpu, "gpu_types": []},
+        "requirements": {
+            "gpu": options.gpu,
+            "gpu_types": [],
+            "min_blender": oldest_blender(options.blender_version),
+        },
     }
+
+
+def oldest_blender(saved_by: str) -> str | None:
+    """Return the oldest Blender release, as "major.minor", to render a file with.
+
+    A release may drop or misread data that a newer release saved, so the job
+    asks for workers with at least the major and minor version that saved the
+    file. Returns None for a version that does not parse, which the farm then
+    rejects in settings.blender_version.
+    """
+    parts = saved_by.split(".")
+    if len(parts) < 2 or not all(part.isdigit() for part in parts[:2]):
+        return None
+    return f"{int(parts[0])}.{int(parts[1])}"
 
 
 def run_submission(request: SubmitRequest, progress: Progress) -> SubmitResult:

@@ -249,8 +249,8 @@ def _render_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
                 " digit SHA-256 of the job's file list"
             )
         extra["manifest_sha256"] = manifest
-    # The Blender version that saved the file, recorded for matching workers.
-    # NOTE: the scheduler does not compare it with workers' versions yet.
+    # The Blender version that saved the file. The add-on also sets
+    # requirements.min_blender from it, which the lease query matches.
     if settings.get("blender_version") is not None:
         version = _require_str(settings["blender_version"], "settings.blender_version")
         parse_blender_version(version, "settings.blender_version")
