@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from farm import LocalFarm
-from test_console_snapshots import FixedFarm
+from test_console_snapshots import JOB_LIGHTING, FixedFarm
 from textual import events
 from textual.logging import TextualHandler
 from textual.pilot import Pilot
@@ -449,6 +449,71 @@ async def test_jobs_screen_sorts_and_filters() -> None:
         )
         summary = str(screen.query_one("#jobs-summary", Static).render())
         assert summary.startswith("2 of 6 jobs")
+
+
+class HeldFarm(FixedFarm):
+    """FixedFarm whose replies about tasks wait until the test releases them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def tasks(
+        self,
+        job_id: str,
+        limit: int = 200,
+        offset: int = 0,
+        status: str | list[str] | None = None,
+    ) -> dict[str, Any]:
+        await self.release.wait()
+        return await super().tasks(job_id, limit, offset, status)
+
+    async def task_log(
+        self,
+        task_id: str,
+        *,
+        tail: int | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+        attempt_id: str | None = None,
+    ) -> dict[str, Any]:
+        await self.release.wait()
+        return await super().task_log(
+            task_id, tail=tail, after=after, limit=limit, attempt_id=attempt_id
+        )
+
+
+async def test_job_screen_closes_with_replies_pending() -> None:
+    source = HeldFarm()
+    app = ConsoleApp(source)
+    async with app.run_test(size=SIZE) as pilot:
+        await asyncio.wait_for(app.loaded.wait(), 10)
+        app.open_job(JOB_LIGHTING)
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, JobScreen) and app.screen.is_mounted,
+            5,
+            "the job screen never opened",
+        )
+        job_screen = app.screen
+        assert isinstance(job_screen, JobScreen)
+        job_screen.select_task(JOB_LIGHTING + "-0000008")
+        await pilot.press("escape")
+        # Events and replies for the closed screen arrive after it left.
+        app.apply_event(
+            "log",
+            {
+                "task_id": JOB_LIGHTING + "-0000008",
+                "attempt_id": "bb00000000000000000000000000000b",
+                "lines": [{"id": 99, "created": None, "line": "late"}],
+            },
+        )
+        app.apply_event("tasks", {"job_id": JOB_LIGHTING})
+        source.release.set()
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, JobsScreen)
+        assert job_screen not in app.screen_stack
+    # run_test re-raises any error that the app met while it ran.
 
 
 async def test_log_records_stay_off_the_terminal() -> None:
