@@ -355,6 +355,22 @@ async def fake_node(routes: list[web.RouteDef]) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+async def test_api_client_https_to_plain_node_says_so() -> None:
+    async def farm(request: web.Request) -> web.Response:
+        return web.json_response({"farm": "f"})
+
+    async with fake_node([web.get("/api/farm", farm)]) as url:
+        https = url.replace("http://", "https://")
+        async with ApiClient(https) as client:
+            with pytest.raises(NodeUnreachable) as caught:
+                await client.farm()
+    message = str(caught.value)
+    assert "TLS handshake" in message
+    assert https in message
+    assert "http://" in message
+    assert "operation not permitted" not in message
+
+
 async def test_api_client_error_without_json_body() -> None:
     async def broken(request: web.Request) -> web.Response:
         return web.Response(status=502, text="Bad Gateway from a proxy")

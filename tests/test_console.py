@@ -354,7 +354,24 @@ async def test_priority_and_pause_keys(farm: LocalFarm, api: ApiClient) -> None:
                 "the console never showed the new priority",
             )
 
+            await until(
+                pilot,
+                lambda: (
+                    (app.state.jobs[job["id"]].get("task_counts") or {}).get(
+                        "active", 0
+                    )
+                    > 0
+                ),
+                20,
+                "no task of the job started",
+            )
+            # Its tasks run, so the console asks first: a pause stops them.
             await pilot.press("p")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")
+            assert isinstance(app.screen, JobsScreen)
+            assert (await api.job(job["id"]))["status"] == "active"
+            await pilot.press("p", "y")
             deadline = time.monotonic() + 20
             while (await api.job(job["id"]))["status"] not in ("paused",):
                 assert time.monotonic() < deadline, "the job was never paused"

@@ -387,7 +387,11 @@ def test_changes_explain_token_and_conflicts(
         )
         expect(page.get_by_test_id("token-summary")).to_have_text("No token")
 
+        dialog = page.get_by_test_id("confirm-dialog")
         view.get_by_test_id("action-pause").click()
+        # Its tasks run, so the page asks first: a pause stops them.
+        expect(dialog).to_contain_text("running tasks stop")
+        dialog.get_by_test_id("confirm-ok").click()
         message = page.locator("[data-testid=message][data-kind=error]").last
         expect(message).to_contain_text("flamenco-p2p dashboard")
         assert api(farm, "GET", f"/api/jobs/{job_id}")["status"] == "active"
@@ -399,6 +403,7 @@ def test_changes_explain_token_and_conflicts(
         api(farm, "POST", f"/api/jobs/{job_id}/cancel", {})
         wait_for_job(farm, job_id, lambda j: j["status"] == "canceled")
         view.get_by_test_id("action-pause").click()
+        dialog.get_by_test_id("confirm-ok").click()
         message = page.locator("[data-testid=message][data-kind=error]").last
         expect(message).to_contain_text("409")
         expect(message).to_contain_text("canceled")

@@ -516,6 +516,16 @@ class ApiClient:
                 " is running (`flamenco-p2p run`)",
                 url,
             )
+        if isinstance(exc, aiohttp.ClientSSLError):
+            # An SSL error carries the library's error number, which
+            # os.strerror would misread as an errno.
+            return NodeUnreachable(
+                "unreachable",
+                f"the TLS handshake with {self.base_url} failed"
+                f" ({exc.os_error}); nodes serve plain HTTP, so use an http://"
+                " address unless a TLS proxy stands in front of the node",
+                url,
+            )
         if isinstance(exc, aiohttp.ClientConnectorError):
             number = exc.os_error.errno
             reason = os.strerror(number) if number else str(exc.os_error) or str(exc)

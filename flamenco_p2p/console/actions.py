@@ -57,10 +57,33 @@ class JobActionScreen(ConsoleScreen):
         return job
 
     def action_pause(self) -> None:
-        """Stop handing out the job's tasks."""
-        if (job := self._job()) is not None:
-            source = self.console.source
+        """Pause the job, after a confirmation while its tasks run.
+
+        A pause stops the running tasks, which lose their work and render
+        again when the job resumes.
+        """
+        job = self._job()
+        if job is None:
+            return
+        source = self.console.source
+
+        def pause() -> None:
+            assert job is not None
             self.console.change_job("Pause", job, lambda: source.pause(job["id"]))
+
+        running = int((job.get("task_counts") or {}).get("active", 0))
+        if not running:
+            pause()
+            return
+        question = (
+            f"Pause job {plain(job['name'])}?\n\nIts {running} running"
+            f" task{'s' if running != 1 else ''} stop and their work is lost;"
+            " they render again when the job resumes."
+        )
+        self.app.push_screen(
+            ConfirmScreen(question, "Pause the job"),
+            lambda confirmed: pause() if confirmed else None,
+        )
 
     def action_resume(self) -> None:
         """Queue a paused job again."""

@@ -156,10 +156,16 @@ class ConsoleApp(App[int]):
             elif kind == "nodes":
                 self.state.nodes = list(data["nodes"])
                 self._fetch_farm_soon()
-            for view in list(self._views):
-                view.farm_event(kind, data)
         except (KeyError, TypeError, ValueError) as exc:
             logger.warning("ignored a malformed %r event: %r (%s)", kind, exc, data)
+            return
+        for view in list(self._views):
+            try:
+                view.farm_event(kind, data)
+            except Exception:
+                # One screen that fails to show an event must not end the
+                # stream, which every other screen depends on.
+                logger.exception("%s failed to show a %r event", view, kind)
 
     def _fetch_farm_soon(self) -> None:
         now = self.clock.monotonic()

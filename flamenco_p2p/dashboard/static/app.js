@@ -907,10 +907,19 @@ const CONFIRMATIONS = {
   },
 };
 
+/** Asked before a pause only while tasks run, because a pause stops them. */
+const PAUSE_RUNNING = {
+  title: "Pause this job?",
+  text: "Its running tasks stop and their work is lost; they render again when the job resumes.",
+  ok: "Pause job",
+  keep: "Keep running",
+};
+
 async function runJobAction(action) {
   const job = state.job;
   if (!job) return;
-  const confirmation = CONFIRMATIONS[action];
+  let confirmation = CONFIRMATIONS[action];
+  if (action === "pause" && (job.task_counts?.active ?? 0) > 0) confirmation = PAUSE_RUNNING;
   if (confirmation && !(await confirmDialog(confirmation, job.name))) return;
   switch (action) {
     case "pause":
