@@ -246,5 +246,5 @@ def build_addon(
         for name, path in sorted(wheels.items()):
             archive.write(path, f"wheels/{name}")
     partial.replace(target)
-    logger.info("wrote the add-on to %s with %d wheels", target, len(wheels))
+    logger.debug("wrote the add-on to %s with %d wheels", target, len(wheels))
     return target

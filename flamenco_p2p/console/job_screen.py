@@ -94,7 +94,7 @@ class JobScreen(JobActionScreen):
         self._log_ready = False
         self._log_backlog: list[dict[str, Any]] = []
         self._log_attempt: str | None = None
-        self._closed = False
+        self._leaving = False
         """Set when the screen starts to close, after which nothing may touch
         its widgets: Textual removes them before the screen itself."""
 
@@ -113,7 +113,7 @@ class JobScreen(JobActionScreen):
         yield KeyBar()
 
     def on_mount(self) -> None:
-        if self._closed:
+        if self._leaving:
             # Escape came before the screen was mounted.
             return
         super().on_mount()
@@ -136,13 +136,13 @@ class JobScreen(JobActionScreen):
     # Events ----------------------------------------------------------------
 
     def farm_event(self, kind: str, data: Any) -> None:
-        if self._closed:
+        if self._leaving:
             return
         if kind == "job" and data.get("id") == self.job_id:
             self._show_details()
         elif kind == "job_deleted" and data.get("id") == self.job_id:
             self.notify("The job was deleted.", severity="warning", timeout=5)
-            self.close()
+            self.leave()
         elif kind == "task" and data.get("job_id") == self.job_id:
             self._show_task(data)
         elif kind == "tasks" and data.get("job_id") == self.job_id:
@@ -152,11 +152,11 @@ class JobScreen(JobActionScreen):
             self._add_log_lines(list(data.get("lines", [])), data.get("attempt_id"))
 
     def farm_reloaded(self) -> None:
-        if self._closed:
+        if self._leaving:
             return
         if self.job_id not in self.console.state.jobs:
             self.notify("The job is gone from the farm.", severity="warning")
-            self.close()
+            self.leave()
             return
         self._show_details()
         self._fetch_page()
@@ -216,7 +216,7 @@ class JobScreen(JobActionScreen):
         except ApiError as exc:
             self.notify(exc.message, title="Fetching tasks failed", severity="error")
             return
-        if self._closed:
+        if self._leaving:
             return
         self.total_tasks = int(reply["total"])
         self._fill_tasks(list(reply["tasks"]))
@@ -295,17 +295,17 @@ class JobScreen(JobActionScreen):
 
     def action_back(self) -> None:
         """Go back to the jobs screen."""
-        self.close()
+        self.leave()
 
-    def close(self) -> None:
+    def leave(self) -> None:
         """Leave the screen, after stopping its fetches, timers and events.
 
         A reply or an event that came while Textual removes the widgets would
         find none of them, so nothing may reach the widgets from here on.
         """
-        if self._closed:
+        if self._leaving:
             return
-        self._closed = True
+        self._leaving = True
         self.console.remove_view(self)
         self.workers.cancel_node(self)
         for timer in (self._select_timer, self._page_timer):
@@ -330,7 +330,7 @@ class JobScreen(JobActionScreen):
     def select_task(self, task_id: str) -> None:
         """Show a task's attempts and log, and follow the log from now on."""
         self._select_timer = None
-        if self._closed or task_id == self.selected_task:
+        if self._leaving or task_id == self.selected_task:
             return
         self.selected_task = task_id
         self._log_ready = False
@@ -353,7 +353,7 @@ class JobScreen(JobActionScreen):
         except ApiError as exc:
             self.notify(exc.message, title="Fetching the task failed", severity="error")
             return
-        if self._closed or task_id != self.selected_task:
+        if self._leaving or task_id != self.selected_task:
             return
         attempts = list(reply.get("attempts", []))
         text = Text()
@@ -390,7 +390,7 @@ class JobScreen(JobActionScreen):
         except ApiError as exc:
             self.notify(exc.message, title="Fetching the log failed", severity="error")
             return
-        if self._closed or task_id != self.selected_task:
+        if self._leaving or task_id != self.selected_task:
             return
         self._write_log(list(reply.get("lines", [])))
         self._last_log_id = max(self._last_log_id, int(reply.get("last_id") or 0))
@@ -408,7 +408,7 @@ class JobScreen(JobActionScreen):
         except ApiError as exc:
             logger.debug("catching up on the log of %s failed: %s", task_id, exc)
             return
-        if not self._closed and task_id == self.selected_task:
+        if not self._leaving and task_id == self.selected_task:
             self._write_log(list(reply.get("lines", [])))
 
     def _add_log_lines(
