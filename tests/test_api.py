@@ -144,12 +144,14 @@ async def test_wrong_states_get_409_with_the_reason(http: Api) -> None:
         assert reply["error"]["code"] == "conflict"
         assert reason in reply["error"]["message"], reply
     status, reply = await http.call("POST", f"/api/jobs/{long['id']}/cancel")
-    assert status == 200 and reply["job"]["status"] in ("cancel-requested", "canceled")
+    assert status == 200
+    assert reply["job"]["status"] in ("cancel-requested", "canceled")
     await http.wait_status(long["id"], {"canceled"})
     status, reply = await http.call("DELETE", f"/api/jobs/{long['id']}")
     assert (status, reply) == (200, {"deleted": long["id"]})
     status, reply = await http.call("GET", f"/api/jobs/{long['id']}")
-    assert status == 404 and reply["error"]["code"] == "not_found"
+    assert status == 404
+    assert reply["error"]["code"] == "not_found"
 
 
 async def test_bad_input_gets_400_naming_the_field(http: Api) -> None:
@@ -178,7 +180,8 @@ async def test_bad_input_gets_400_naming_the_field(http: Api) -> None:
         assert reply["error"]["code"] == "invalid"
         assert named in reply["error"]["message"], reply
     status, reply = await http.call("POST", "/api/jobs", data=b"\xff{not json")
-    assert status == 400 and "not JSON" in reply["error"]["message"]
+    assert status == 400
+    assert "not JSON" in reply["error"]["message"]
     status, reply = await http.call("GET", "/api/jobs/nope/tasks")
     assert status == 404
 
@@ -191,14 +194,16 @@ async def test_unicode_name_comes_back_byte_for_byte(http: Api) -> None:
     assert UNICODE_NAME.encode("utf-8") in raw
     assert json.loads(raw)["name"] == UNICODE_NAME
     status, listing = await http.call("GET", "/api/jobs?q=%C3%A9pisode%2001")
-    assert status == 200 and UNICODE_NAME in [j["name"] for j in listing["jobs"]]
+    assert status == 200
+    assert UNICODE_NAME in [j["name"] for j in listing["jobs"]]
 
 
 async def test_ten_thousand_tasks_come_in_pages(http: Api) -> None:
     job = await http.sleep_job("many", 10_000, 0.0)
     assert job["tasks_total"] == 10_000
     status, page = await http.call("GET", f"/api/jobs/{job['id']}/tasks?limit=200")
-    assert status == 200 and page["total"] == 10_000
+    assert status == 200
+    assert page["total"] == 10_000
     assert [t["index"] for t in page["tasks"]] == list(range(200))
     status, page = await http.call(
         "GET", f"/api/jobs/{job['id']}/tasks?limit=1000&offset=9500"
@@ -214,20 +219,23 @@ async def test_pause_and_resume_a_running_job(http: Api) -> None:
     job = await http.sleep_job("pausable", 6, 1.0)
     await http.wait_status(job["id"], {"active"})
     status, reply = await http.call("POST", f"/api/jobs/{job['id']}/pause")
-    assert status == 200 and reply["job"]["status"] in ("pause-requested", "paused")
+    assert status == 200
+    assert reply["job"]["status"] in ("pause-requested", "paused")
     paused = await http.wait_status(job["id"], {"paused"}, timeout=30)
     assert paused["task_counts"]["active"] == 0
     assert paused["task_counts"]["paused"] >= 1
     status, reply = await http.call("POST", f"/api/jobs/{job['id']}/resume")
     # The server may lease a task before it answers.
-    assert status == 200 and reply["job"]["status"] in ("queued", "active")
+    assert status == 200
+    assert reply["job"]["status"] in ("queued", "active")
     done = await http.wait_status(job["id"], {"completed"}, timeout=60)
     assert done["frames_done"] == done["frames_total"]
     assert done["progress"] == 1.0
     status, reply = await http.call(
         "POST", f"/api/jobs/{job['id']}/priority", {"priority": 80}
     )
-    assert status == 200 and reply["job"]["priority"] == 80
+    assert status == 200
+    assert reply["job"]["priority"] == 80
 
 
 async def test_task_detail_and_logs(http: Api) -> None:
@@ -241,7 +249,8 @@ async def test_task_detail_and_logs(http: Api) -> None:
             break
         await asyncio.sleep(0.2)
     lines = [line["line"] for line in log["lines"]]
-    assert lines[0].startswith("sleeping 0 s on ") and lines[-1] == "slept 0 s"
+    assert lines[0].startswith("sleeping 0 s on ")
+    assert lines[-1] == "slept 0 s"
     status, rest = await http.call(
         "GET", f"/api/tasks/{task_id}/log?after={log['lines'][0]['id']}"
     )
@@ -252,7 +261,8 @@ async def test_task_detail_and_logs(http: Api) -> None:
     assert detail["task"]["status"] == "completed"
     assert [a["status"] for a in detail["attempts"]] == ["completed"]
     status, reply = await http.call("POST", f"/api/tasks/{task_id}/requeue")
-    assert status == 200 and reply["task"]["status"] in (
+    assert status == 200
+    assert reply["task"]["status"] in (
         "queued",
         "active",
         "completed",
@@ -315,7 +325,8 @@ async def test_blend_upload_by_hash_and_render_thumbnail(
     status, reply = await http.call("POST", "/api/blobs/missing", {"hashes": [sha256]})
     assert (status, reply) == (200, {"missing": [sha256]})
     status, reply = await http.call("PUT", f"/api/blobs/{'1' * 64}", data=data)
-    assert status == 400 and "hashes to" in reply["error"]["message"]
+    assert status == 400
+    assert "hashes to" in reply["error"]["message"]
     status, reply = await http.call("PUT", f"/api/blobs/{sha256}", data=data)
     assert (status, reply) == (201, {"sha256": sha256, "size": len(data)})
     status, reply = await http.call("POST", "/api/blobs/missing", {"hashes": [sha256]})
@@ -330,14 +341,16 @@ async def test_blend_upload_by_hash_and_render_thumbnail(
     )
     job["settings"] |= {"blend_sha256": "2" * 64, "blend_name": blend.name}
     status, reply = await http.call("POST", "/api/jobs", job)
-    assert status == 400 and "upload the blend file first" in reply["error"]["message"]
+    assert status == 400
+    assert "upload the blend file first" in reply["error"]["message"]
     status, reply = await http.call("GET", "/api/farm/thumbnail")
     job["settings"] |= {"blend_sha256": sha256}
     status, reply = await http.call("POST", "/api/jobs", job)
     assert status == 201, reply
     job_id = reply["job"]["id"]
     status, reply = await http.call("GET", f"/api/jobs/{job_id}/thumbnail")
-    assert status == 404 and reply["error"]["code"] == "not_found"
+    assert status == 404
+    assert reply["error"]["code"] == "not_found"
     finished = await http.wait_status(job_id, {"completed", "failed"}, timeout=180)
     assert finished["status"] == "completed", finished
     assert (tmp_path / "out" / "frame_0002.png").is_file()
@@ -369,13 +382,16 @@ async def test_farm_and_nodes_views(http: Api, farm: LocalFarm) -> None:
     status, nodes = await http.call("GET", "/api/nodes")
     assert len(nodes["nodes"]) == 3
     holders = [n for n in nodes["nodes"] if n["roles"]]
-    assert holders and all(n["state"] == "alive" for n in nodes["nodes"])
+    assert holders
+    assert all(n["state"] == "alive" for n in nodes["nodes"])
     assert all(len(n["workers"]) == 1 for n in nodes["nodes"])
     assert sum(n["this_node"] for n in nodes["nodes"]) == 1
     status, page = await http.call("GET", "/")
-    assert status == 200 and b"<html" in page.lower()
+    assert status == 200
+    assert b"<html" in page.lower()
     status, doc = await http.call("GET", "/api/openapi.json")
-    assert status == 200 and doc["openapi"].startswith("3.")
+    assert status == 200
+    assert doc["openapi"].startswith("3.")
 
 
 async def test_packed_job_brings_its_texture(http: Api, tmp_path: Path) -> None:
@@ -418,7 +434,8 @@ async def test_packed_job_brings_its_texture(http: Api, tmp_path: Path) -> None:
         "manifest_sha256": "3" * 64,
     }
     status, reply = await http.call("POST", "/api/jobs", job)
-    assert status == 400 and "upload the file list first" in reply["error"]["message"]
+    assert status == 400
+    assert "upload the file list first" in reply["error"]["message"]
     job["settings"]["manifest_sha256"] = manifest_sha
     status, reply = await http.call("POST", "/api/jobs", job)
     assert status == 201, reply
@@ -429,4 +446,6 @@ async def test_packed_job_brings_its_texture(http: Api, tmp_path: Path) -> None:
     assert isinstance(pixel, tuple)
     red, green, blue = pixel[:3]
     # Blender shows a missing texture in magenta.
-    assert green > 200 and red < 60 and blue < 60, (red, green, blue)
+    assert green > 200, (red, green, blue)
+    assert red < 60, (red, green, blue)
+    assert blue < 60, (red, green, blue)

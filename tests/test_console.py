@@ -114,8 +114,8 @@ class DisplayClock:
     """Times from a key press to the first frame that shows its effect.
 
     Textual has no public hook for "a frame was drawn", so this wraps
-    App._display, which the compositor calls with every screen update once
-    the update is rendered; the headless driver then drops the frame. Each
+    App._display, which the compositor calls with every rendered screen
+    update. The headless driver then drops the frame. Each
     frame checks the condition of the key being timed: the first frame for
     which it holds was rendered from the changed state.
     """
@@ -365,7 +365,7 @@ async def test_priority_and_pause_keys(farm: LocalFarm, api: ApiClient) -> None:
                 20,
                 "no task of the job started",
             )
-            # Its tasks run, so the console asks first: a pause stops them.
+            # A pause stops running tasks, so the console requests a confirmation.
             await pilot.press("p")
             assert isinstance(app.screen, ConfirmScreen)
             await pilot.press("n")

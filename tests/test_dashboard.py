@@ -389,7 +389,7 @@ def test_changes_explain_token_and_conflicts(
 
         dialog = page.get_by_test_id("confirm-dialog")
         view.get_by_test_id("action-pause").click()
-        # Its tasks run, so the page asks first: a pause stops them.
+        # A pause stops running tasks, so the page requests a confirmation.
         expect(dialog).to_contain_text("running tasks stop")
         dialog.get_by_test_id("confirm-ok").click()
         message = page.locator("[data-testid=message][data-kind=error]").last

@@ -114,7 +114,7 @@ def oldest_blender(saved_by: str) -> str | None:
     """Return the oldest Blender release, as "major.minor", to render a file with.
 
     A release may drop or misread data that a newer release saved, so the job
-    asks for workers with at least the major and minor version that saved the
+    requires workers with at least the major and minor version that saved the
     file. Returns None for a version that does not parse, which the farm then
     rejects in settings.blender_version.
     """

@@ -300,7 +300,7 @@ class ConsoleApp(App[int]):
     # Actions ----------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # Screen switches stay off while a dialog waits for an answer.
+        # Screen switches stay off while a dialog waits for a reply.
         return not (action == "show_mode" and isinstance(self.screen, ModalScreen))
 
     def delay_update(self, delay: float = 0.05) -> None:

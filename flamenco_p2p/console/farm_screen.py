@@ -182,7 +182,11 @@ class FarmScreen(ConsoleScreen):
             mark.append(SERVER_MARK, style=SERVER_STYLE)
         if is_manager:
             mark.append(MANAGER_MARK, style=MANAGER_STYLE)
-        node_style = SERVER_STYLE if is_server else MANAGER_STYLE if is_manager else ""
+        node_style = ""
+        if is_server:
+            node_style = SERVER_STYLE
+        elif is_manager:
+            node_style = MANAGER_STYLE
         capabilities = node.get("capabilities") or {}
         gpus = ", ".join(plain(gpu) for gpu in capabilities.get("gpu_types", []))
         workers = list(node.get("workers", []))

@@ -122,7 +122,7 @@ class JobsScreen(JobActionScreen):
         self.rebuild()
 
     def _show_job(self, job: Job) -> None:
-        """Update the row of one job, and list it or drop it as the filter says."""
+        """Update the row of one job, and list or drop it by the filter."""
         job_id = str(job["id"])
         listed = job_id in self._sort_keys
         if not self.filter.matches(job):
@@ -224,7 +224,7 @@ class JobsScreen(JobActionScreen):
         self.console.open_job(event.key)
 
     def on_row_list_highlighted(self, event: RowList.Highlighted) -> None:
-        # The summary says which rows are on screen.
+        # The summary names the rows on screen.
         self._show_summary()
 
     def action_open_job(self) -> None:

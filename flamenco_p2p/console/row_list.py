@@ -7,7 +7,7 @@ to 50 ms per full redraw on a 2-core machine, and a change of screen redraws
 two or three times. It also measures every cell of every row it holds, so
 that filling or re-sorting a thousand rows takes 150 to 250 ms.
 
-RowList holds the keys of the whole list and draws each visible line as one
+RowList keeps the keys of the whole list and draws each visible line as one
 Rich Text of fixed-width fields (Textual's line API), caching each drawn
 line until its row changes. A key press then costs a few lines, and a
 screen change one cheap redraw, however long the list.
@@ -145,8 +145,8 @@ class RowList(ScrollView, can_focus=True):
     def row_count(self) -> int:
         """Rows that fit below the header, at least one.
 
-        Before the first layout the list has no height yet, and the screen's
-        height stands in for it.
+        Before the first layout the list has no height yet, so the screen's
+        height is used instead.
         """
         height = self.scrollable_content_region.height or self.app.size.height
         return max(1, height - 1)
@@ -207,7 +207,7 @@ class RowList(ScrollView, can_focus=True):
     def cell_text(self, key: str, column: str) -> str:
         """Return the text that the row of key shows in a column, trimmed.
 
-        This reads the drawn line, so it is what a person sees.
+        This reads the drawn line, so it is the text on the screen.
         """
         index = next(i for i, c in enumerate(self.columns) if c.key == column)
         line = self._row_line(key, False, False).text

@@ -54,8 +54,8 @@ class KeyBar(Static):
 
     Textual's Footer mounts a widget per key and mounts them all again
     whenever the screen's bindings change, as they do on every change of
-    screen or focus; that takes 100 to 150 ms on a 2-core machine, which the
-    next key press waits for. This bar draws the same keys as one line of
+    screen or focus. That took 100 to 150 ms on a 2-core machine, and the
+    next key press waited for it. This bar draws the same keys as one line of
     text. The "?" key lists every key in Textual's help panel.
     """
 
