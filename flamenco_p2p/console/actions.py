@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
 from textual.binding import Binding, BindingType
 
@@ -67,22 +68,17 @@ class JobActionScreen(ConsoleScreen):
             return
         source = self.console.source
 
-        def pause() -> None:
-            assert job is not None
-            self.console.change_job("Pause", job, lambda: source.pause(job["id"]))
-
         running = int((job.get("task_counts") or {}).get("active", 0))
         if not running:
-            pause()
+            self.console.change_job("Pause", job, lambda: source.pause(job["id"]))
             return
         question = (
             f"Pause job {plain(job['name'])}?\n\nIts {running} running"
             f" task{'s' if running != 1 else ''} stop and their work is lost;"
             " they render again when the job resumes."
         )
-        self.app.push_screen(
-            ConfirmScreen(question, "Pause the job"),
-            lambda confirmed: pause() if confirmed else None,
+        self._change_after_confirming(
+            "Pause", job, lambda: source.pause(job["id"]), question
         )
 
     def action_resume(self) -> None:
@@ -97,16 +93,13 @@ class JobActionScreen(ConsoleScreen):
         if job is None:
             return
         source = self.console.source
-
-        def answered(confirmed: bool | None) -> None:
-            if confirmed:
-                self.console.change_job("Cancel", job, lambda: source.cancel(job["id"]))
-
         question = (
             f"Cancel job {plain(job['name'])}?\n\nRunning tasks stop and their"
             " work is lost; no more tasks start. A requeue can run the job again."
         )
-        self.app.push_screen(ConfirmScreen(question, "Cancel the job"), answered)
+        self._change_after_confirming(
+            "Cancel", job, lambda: source.cancel(job["id"]), question
+        )
 
     def action_requeue(self) -> None:
         """Run the job's tasks again: all of them, after a confirmation, or the
@@ -158,13 +151,26 @@ class JobActionScreen(ConsoleScreen):
         if job is None:
             return
         source = self.console.source
-
-        def answered(confirmed: bool | None) -> None:
-            if confirmed:
-                self.console.change_job("Delete", job, lambda: source.delete(job["id"]))
-
         question = (
             f"Delete job {plain(job['name'])}?\n\nThe farm forgets the job, its"
             " tasks and their logs; rendered frames stay where they are."
         )
-        self.app.push_screen(ConfirmScreen(question, "Delete the job"), answered)
+        self._change_after_confirming(
+            "Delete", job, lambda: source.delete(job["id"]), question
+        )
+
+    def _change_after_confirming(
+        self,
+        verb: str,
+        job: Job,
+        call: Callable[[], Awaitable[dict[str, Any]]],
+        question: str,
+    ) -> None:
+        """Ask question in a dialog, and send the change only if confirmed."""
+
+        def confirmed(answer: bool | None) -> None:
+            if answer:
+                self.console.change_job(verb, job, call)
+
+        confirm_label = f"{verb} the job"
+        self.app.push_screen(ConfirmScreen(question, confirm_label), confirmed)
